@@ -1,0 +1,3 @@
+from sagesched.cli import main
+
+raise SystemExit(main())

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 # Order is the order of `sagesched --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "sagesched.bench.cli",
 )
 
 

@@ -8,6 +8,10 @@ import argparse
 import importlib
 
 BENCH_MODULES: tuple[str, ...] = (
+    "sagesched.emulator.bench",
+    "sagesched.predictor.cli",
+    "sagesched.simulator.cli",
+    "sagesched.bench.live",
 )
 
 

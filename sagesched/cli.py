@@ -13,7 +13,11 @@ from collections.abc import Sequence
 
 # Order is the order of `sagesched --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "sagesched.router.cli",
     "sagesched.bench.cli",
+    "sagesched.predictor.cli",
+    "sagesched.emulator.cli",
+    "sagesched.operator.cli",
 )
 
 

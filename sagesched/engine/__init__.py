@@ -2,3 +2,11 @@
 
 Shared by the pod emulator (real time) and the cluster simulator (virtual clock).
 """
+from .engine import Engine, EngineCounters, StepOutcome
+from .profile import DEFAULT_PROFILE, StepTimeProfile, available_profiles, load_profile
+from .request import EngineRequest, FinishReason, RequestStatus
+
+__all__ = [
+    "DEFAULT_PROFILE", "Engine", "EngineCounters", "EngineRequest", "FinishReason", "RequestStatus",
+    "StepOutcome", "StepTimeProfile", "available_profiles", "load_profile",
+]

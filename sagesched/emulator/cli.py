@@ -1,0 +1,53 @@
+"""`sagesched emulate-pod`: serve N emulated vLLM pods on consecutive ports."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("emulate-pod", help="vLLM-compatible pod emulator driven by the engine model")
+    parser.add_argument("--pods", type=int, default=1, help="pods in this process, on ports PORT..PORT+N-1")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", default="llama-3-8b", help="served model name")
+    parser.add_argument("--profile", default=None, help="engine profile name or JSON path")
+    parser.add_argument("--scheduling", choices=("fcfs", "priority"), default="fcfs")
+    parser.add_argument("--max-queue", type=int, default=1024, help="waiting requests before answering 429")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per emulated second")
+    parser.add_argument("--metrics-flavor", choices=("vllm", "sglang"), default="vllm")
+    parser.add_argument("--output-median", type=float, default=256.0, help="median output tokens (lognormal)")
+    parser.add_argument("--output-sigma", type=float, default=1.0, help="lognormal sigma of output tokens")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from .pod import PodConfig
+
+    base = PodConfig()
+    return PodConfig(
+        model=args.model, profile=args.profile or base.profile, scheduling=args.scheduling,
+        max_queue=args.max_queue, seed=args.seed, time_scale=args.time_scale,
+        metrics_flavor=args.metrics_flavor, output_median=args.output_median,
+        output_sigma=args.output_sigma, host=args.host, port=args.port,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .pod import start_pods
+
+    async def serve() -> None:
+        pods = await start_pods(args.pods, config_from_args(args))
+        for pod in pods:
+            print(f"emulated pod serving {pod.config.model} at {pod.base_url}", flush=True)
+        await asyncio.Event().wait()  # until interrupted
+
+    try:
+        import uvloop  # a faster event loop where it exists: more emulated tokens per core
+    except ImportError:
+        asyncio.run(serve())
+    else:
+        uvloop.run(serve())
+    return 0

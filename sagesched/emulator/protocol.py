@@ -1,0 +1,171 @@
+"""The OpenAI wire format as vLLM's server speaks it: request validation and response shapes.
+
+Kept free of aiohttp and of the engine so shapes can be read (and checked) in one place.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from .text import count_chat_tokens, count_text_tokens
+
+
+class APIError(Exception):
+    """An error the server answers with OpenAI's {"error": {...}} body."""
+
+    def __init__(self, status: int, message: str, type_: str = "BadRequestError", param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """What the emulator needs from a completions or chat request."""
+
+    chat: bool
+    model: str
+    prompt_tokens: int
+    max_tokens: int | None
+    min_tokens: int
+    ignore_eos: bool
+    priority: int
+    stream: bool
+    include_usage: bool
+
+
+def _int_field(body: dict, name: str, default: int | None, minimum: int) -> int | None:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise APIError(400, f"{name} must be an integer", param=name)
+    if value < minimum:
+        raise APIError(400, f"{name} must be at least {minimum}, got {value}.", param=name)
+    return value
+
+
+def _prompt_tokens(prompt: object) -> int:
+    """Completions `prompt`: text, token ids, or a one-element batch of either."""
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return count_text_tokens(prompt)
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return len(prompt)
+    raise APIError(400, "prompt must be a string, a list of token ids, or a one-element list of either"
+                   " (the emulator does not batch prompts)", param="prompt")
+
+
+def _message_text(message: object) -> str:
+    if not isinstance(message, dict) or "role" not in message:
+        raise APIError(400, "each message must be an object with a role", param="messages")
+    content = message.get("content") or ""
+    if isinstance(content, list):  # content parts: count the text ones
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    if not isinstance(content, str):
+        raise APIError(400, "message content must be a string or a list of parts", param="messages")
+    return content
+
+
+def _chat_prompt_tokens(messages: object) -> int:
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "messages must be a non-empty list", param="messages")
+    return count_chat_tokens([_message_text(m) for m in messages])
+
+
+def parse_request(body: object, chat: bool) -> ParsedRequest:
+    """Validate a request body; raises APIError(400) as vLLM would for bad parameters."""
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object")
+    if not isinstance(body.get("model"), str):
+        raise APIError(400, "model is required", param="model")
+    if _int_field(body, "n", 1, 1) != 1:
+        raise APIError(400, "the emulator supports n=1 only", param="n")
+    prompt = _chat_prompt_tokens(body.get("messages")) if chat else _prompt_tokens(body.get("prompt"))
+    max_tokens = _int_field(body, "max_tokens", None, 1)
+    if chat and body.get("max_completion_tokens") is not None:
+        max_tokens = _int_field(body, "max_completion_tokens", None, 1)
+    min_tokens = _int_field(body, "min_tokens", 0, 0) or 0
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise APIError(400, f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}.",
+                       param="min_tokens")
+    stream_options = body.get("stream_options") or {}
+    return ParsedRequest(
+        chat=chat, model=body["model"], prompt_tokens=prompt, max_tokens=max_tokens,
+        min_tokens=min_tokens, ignore_eos=bool(body.get("ignore_eos", False)),
+        priority=_int_field(body, "priority", 0, -(2**31)) or 0, stream=bool(body.get("stream", False)),
+        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+    )
+
+
+def check_context(req: ParsedRequest, max_model_len: int) -> None:
+    """vLLM's context-window check, with its message."""
+    requested = req.prompt_tokens + (req.max_tokens or 0)
+    if req.prompt_tokens >= max_model_len or requested > max_model_len:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{requested} tokens ({req.prompt_tokens} in the messages, {req.max_tokens or 0} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            param="messages" if req.chat else "prompt",
+        )
+
+
+# --- responses -----------------------------------------------------------------------------------------
+@dataclass
+class ResponseShape:
+    """Builds the bodies of one response; ids and timestamps are fixed per request."""
+
+    chat: bool
+    model: str
+    id: str = ""
+    created: int = 0
+
+    def __post_init__(self) -> None:
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+
+    def _envelope(self, obj: str, choices: list[dict]) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
+
+    def chunk(self, text: str, finish_reason: str | None, first: bool = False) -> dict:
+        if not self.chat:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            return self._envelope("text_completion", [choice])
+        delta = {"role": "assistant", "content": text} if first else {"content": text}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self._envelope("chat.completion.chunk", [choice])
+
+    def usage_chunk(self, usage: dict) -> dict:
+        body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [])
+        body["usage"] = usage
+        return body
+
+    def full(self, text: str, finish_reason: str, usage: dict) -> dict:
+        if self.chat:
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+            body = self._envelope("chat.completion", [choice])
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            body = self._envelope("text_completion", [choice])
+        body["usage"] = usage
+        return body
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def models_body(model: str, max_model_len: int, created: int) -> dict:
+    card = {"id": model, "object": "model", "created": created, "owned_by": "vllm", "root": model,
+            "parent": None, "max_model_len": max_model_len}
+    return {"object": "list", "data": [card]}

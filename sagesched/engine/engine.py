@@ -1,0 +1,359 @@
+"""An iteration-level model of a continuous-batching engine with vLLM v1's scheduler.
+
+Each `step()` is one engine iteration: schedule under a token budget (running requests first,
+chunked prefill, then waiting ones while sequences, budget and KV blocks allow), preempt by
+recompute when a running request cannot get a block, then take the profile's step time and sample one
+token for every request whose computation caught up. `advance()` runs many iterations and jumps
+over stretches of pure decode in one vectorised move; its results equal repeated `step()` exactly
+(same floating-point additions, in the same order), which `tests/engine` checks on random workloads.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .kv_cache import KVCache, blocks_for
+from .profile import StepTimeProfile
+from .queues import make_queue
+from .request import EngineRequest, FinishReason, RequestStatus
+
+
+@dataclass
+class StepOutcome:
+    """What one iteration (or, from `advance`, a run of them) did. Times live on the requests:
+    `first_token_time`, `last_token_time`, `finish_time`."""
+
+    duration: float = 0.0
+    steps: int = 0
+    tokens: dict[str, int] = field(default_factory=dict)  # request id -> tokens emitted
+    finished: list[EngineRequest] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    first_tokens: list[str] = field(default_factory=list)
+
+    def absorb(self, other: "StepOutcome") -> None:
+        self.duration += other.duration
+        self.steps += other.steps
+        for rid, n in other.tokens.items():
+            self.tokens[rid] = self.tokens.get(rid, 0) + n
+        self.finished.extend(other.finished)
+        self.preempted.extend(other.preempted)
+        self.first_tokens.extend(other.first_tokens)
+
+
+@dataclass
+class EngineCounters:
+    """Monotone totals, named after the vLLM counters they feed."""
+
+    prompt_tokens: int = 0  # counted once per request, at its first token (recompute not counted)
+    generation_tokens: int = 0
+    preemptions: int = 0
+    steps: int = 0
+    busy_seconds: float = 0.0
+    finished: Counter = field(default_factory=Counter)  # finish reason -> requests
+
+
+class Engine:
+    """One pod's engine. Deterministic: the same calls give the same results."""
+
+    def __init__(self, profile: StepTimeProfile, scheduling: str = "fcfs", seed: int = 0) -> None:
+        if profile.kv_capacity_tokens < profile.max_model_len:
+            raise ValueError("KV cache smaller than max_model_len: a lone request could never finish")
+        self.profile = profile
+        self.scheduling = scheduling
+        self.seed = seed
+        # for callers that draw request lengths next to the engine (the emulator): one seed per pod
+        self.rng = np.random.default_rng(seed)
+        self.now = 0.0
+        self.kv = KVCache(profile.num_gpu_blocks, profile.block_size)
+        self.waiting = make_queue(scheduling)
+        self.running: list[EngineRequest] = []
+        self.counters = EngineCounters()
+        self._next_seq = 0
+        self._all_decoding = False  # every running request decodes next step (set by _apply)
+
+    # --- read-only state ----------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running) or len(self.waiting) > 0
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv.usage
+
+    # --- requests -----------------------------------------------------------------------------------
+    def add_request(self, req: EngineRequest) -> None:
+        """Queue `req`. An idle engine's clock jumps to the arrival; a busy one takes it at its
+        next iteration (arrivals earlier than `now` simply waited for the iteration in flight)."""
+        room = self.profile.max_model_len - req.prompt_tokens
+        if req.prompt_tokens < 1 or room < 1:
+            raise ValueError(f"prompt of {req.prompt_tokens} tokens does not fit max_model_len")
+        if not self.has_work:
+            self.now = max(self.now, req.arrival)
+        req.limit = max(1, min(req.output_tokens, self._cap(req)))
+        req.status = RequestStatus.WAITING
+        req._seq = self._next_seq
+        self._next_seq += 1
+        self.waiting.push(req)
+        self._all_decoding = False
+
+    def abort(self, request_id: str) -> EngineRequest | None:
+        """Drop a request wherever it is; frees its blocks. Returns it, or None if unknown."""
+        req = self.waiting.remove(request_id)
+        if req is None:
+            req = next((r for r in self.running if r.request_id == request_id), None)
+            if req is None:
+                return None
+            self.running.remove(req)
+        self._finish(req, FinishReason.ABORT)
+        return req
+
+    def _cap(self, req: EngineRequest) -> int:
+        """Most tokens `req` may generate: max_tokens, and the context window."""
+        room = self.profile.max_model_len - req.prompt_tokens
+        return room if req.max_tokens is None else min(room, req.max_tokens)
+
+    def _complete(self, req: EngineRequest, out: StepOutcome) -> None:
+        """`req` generated its last token. As in vLLM, hitting a cap is 'length' even when the
+        model would have stopped right there."""
+        self._finish(req, FinishReason.STOP if req.output_tokens < self._cap(req) else FinishReason.LENGTH)
+        out.finished.append(req)
+
+    def idle_until(self, t: float) -> None:
+        """Let time pass outside iterations (idle pod, host overhead): the clock moves to `t`."""
+        self.now = max(self.now, t)
+
+    # --- one iteration ------------------------------------------------------------------------------
+    def step(self) -> StepOutcome:
+        batch, preempted = self._schedule()
+        duration = self._duration(batch)
+        self.now += duration
+        out = StepOutcome(duration=duration, steps=1 if batch else 0, preempted=preempted)
+        self._apply(batch, out)
+        return out
+
+    def _schedule(self) -> tuple[dict[EngineRequest, int], list[str]]:
+        budget = self.profile.max_num_batched_tokens
+        bs = self.kv.block_size
+        batch: dict[EngineRequest, int] = {}
+        preempted: list[str] = []
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = min(req.prompt_tokens + req.generated - req.num_computed_tokens, budget)
+            if req.num_computed_tokens + n <= req.num_blocks * bs:  # fits its blocks: the hot path
+                batch[req] = n
+                budget -= n
+                i += 1
+                continue
+            i, budget, scheduled = self._allocate_running(req, n, i, budget, batch, preempted)
+            if not scheduled:
+                break
+        if not preempted:  # vLLM admits nothing in an iteration that had to preempt
+            self._admit_waiting(budget, batch)
+        return batch, preempted
+
+    def _allocate_running(
+        self, req: EngineRequest, n: int, i: int, budget: int,
+        batch: dict[EngineRequest, int], preempted: list[str],
+    ) -> tuple[int, int, bool]:
+        """Get blocks for `req`'s `n` tokens, preempting victims until they fit or `req` itself is
+        the victim. Returns (next index, budget left, whether `req` was scheduled)."""
+        while not self.kv.allocate(req, req.num_computed_tokens + n):
+            victim = self._pick_victim()
+            vi = self.running.index(victim)
+            self.running.pop(vi)
+            budget += batch.pop(victim, 0)  # a victim scheduled earlier this step gives its share back
+            self._preempt(victim)
+            preempted.append(victim.request_id)
+            if victim is req:
+                return i, budget, False
+            if vi < i:
+                i -= 1
+        batch[req] = n
+        return i + 1, budget - n, True
+
+    def _pick_victim(self) -> EngineRequest:
+        if self.scheduling == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival))
+        return self.running[-1]  # the most recently scheduled
+
+    def _preempt(self, req: EngineRequest) -> None:
+        self.kv.free(req)
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        req.status = RequestStatus.WAITING
+        self.counters.preemptions += 1
+        self.waiting.push_preempted(req)
+
+    def _admit_waiting(self, budget: int, batch: dict[EngineRequest, int]) -> None:
+        while budget > 0 and len(self.running) < self.profile.max_num_seqs:
+            req = self.waiting.peek()
+            if req is None:
+                return
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if not self.kv.allocate(req, n):
+                return
+            self.waiting.pop()
+            req.status = RequestStatus.RUNNING
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = self.now
+            self.running.append(req)
+            batch[req] = n
+            budget -= n
+
+    def _duration(self, batch: dict[EngineRequest, int]) -> float:
+        batched = 0
+        context = 0
+        pairs = 0
+        for req, n in batch.items():
+            batched += n
+            tokens = req.prompt_tokens + req.generated
+            if n == 1 and req.generated > 0 and req.num_computed_tokens == tokens - 1:  # decode
+                context += tokens
+            else:
+                pairs += n * (req.num_computed_tokens + n / 2.0)
+        return self.profile.step_seconds(batched, len(batch), context, pairs)
+
+    def _apply(self, batch: dict[EngineRequest, int], out: StepOutcome) -> None:
+        """Advance computation, sample a token where the cache caught up, retire finished."""
+        self.counters.steps += out.steps
+        self.counters.busy_seconds += out.duration
+        decoding = 0
+        for req, n in batch.items():
+            req.num_computed_tokens += n
+            if req.num_computed_tokens < req.prompt_tokens + req.generated:
+                continue  # a prefill chunk: nothing sampled yet
+            self._emit(req, out)
+            if req.generated >= req.limit:
+                self._complete(req, out)
+            else:
+                decoding += 1
+        if out.finished:
+            self.running = [r for r in self.running if r.status is RequestStatus.RUNNING]
+        self._all_decoding = decoding == len(self.running) > 0
+
+    def _emit(self, req: EngineRequest, out: StepOutcome) -> None:
+        req.generated += 1
+        req.last_token_time = self.now
+        out.tokens[req.request_id] = 1
+        self.counters.generation_tokens += 1
+        if req.first_token_time is None:
+            req.first_token_time = self.now
+            out.first_tokens.append(req.request_id)
+            self.counters.prompt_tokens += req.prompt_tokens
+
+    def _finish(self, req: EngineRequest, reason: str) -> None:
+        self.kv.free(req)
+        req.status = RequestStatus.FINISHED
+        req.finish_time = self.now
+        req.finish_reason = reason
+        self.counters.finished[reason] += 1
+
+    # --- many iterations, fast --------------------------------------------------------------------------
+    def advance(self, horizon: float, stop_on_finish: bool = False) -> StepOutcome:
+        """Run every iteration that starts before `now + horizon` (the last may end after it: an
+        iteration is atomic), or until no work is left, or - with `stop_on_finish` - until an
+        iteration finishes a request. The clock does not move while idle."""
+        end = self.now + horizon
+        total = StepOutcome()
+        while self.has_work and self.now < end:
+            k = self._decode_run_length()
+            part = self._jump(k, end) if k > 1 else self.step()
+            if total.steps == 0:
+                total = part  # the common single-part case needs no merging
+            else:
+                total.absorb(part)
+            if stop_on_finish and part.finished:
+                break
+            if part.steps == 0:  # nothing schedulable (cannot happen with a valid profile)
+                break
+        return total
+
+    def _decode_run_length(self) -> int:
+        """How many upcoming iterations are pure decode with an identical batch: every running
+        request decodes, nothing waiting can be admitted, no block allocation fails, no request
+        finishes before the last of them. 0 when the next iteration is not of that kind."""
+        n = len(self.running)
+        if not self._all_decoding or n == 0 or n > self.profile.max_num_batched_tokens:
+            return 0
+        computed = np.fromiter((r.num_computed_tokens for r in self.running), np.int64, n)
+        steps_to_finish = min(r.limit - r.generated for r in self.running)
+        fit = self._steps_that_fit(computed, steps_to_finish)
+        if fit == 0 or self._waiting_could_enter(computed):
+            return 0
+        return fit
+
+    def _new_blocks(self, computed: np.ndarray, steps: int) -> int:
+        bs = self.kv.block_size
+        return int(((computed + steps + bs - 1) // bs - (computed + bs - 1) // bs).sum())
+
+    def _steps_that_fit(self, computed: np.ndarray, limit: int) -> int:
+        """Largest m <= limit whose block growth fits in the free blocks (blocks grow monotonically,
+        so binary search)."""
+        free = self.kv.free_blocks
+        if self._new_blocks(computed, limit) <= free:
+            return limit
+        lo, hi = 0, limit  # fits(lo), not fits(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._new_blocks(computed, mid) <= free:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _waiting_could_enter(self, computed: np.ndarray) -> bool:
+        """Whether the head of the queue would be admitted at the next iteration. Free blocks only
+        shrink during a decode run and the budget stays put, so a head refused now stays refused."""
+        n = len(self.running)
+        budget = self.profile.max_num_batched_tokens - n
+        head = self.waiting.peek()
+        if head is None or budget <= 0 or n >= self.profile.max_num_seqs:
+            return False
+        free_after_decode = self.kv.free_blocks - self._new_blocks(computed, 1)
+        tokens = min(head.num_tokens - head.num_computed_tokens, budget)
+        return blocks_for(tokens, self.kv.block_size) - head.num_blocks <= free_after_decode
+
+    def _jump(self, k: int, end: float) -> StepOutcome:
+        """Apply up to `k` pure-decode iterations at once (fewer if the horizon comes first)."""
+        n = len(self.running)
+        context0 = sum(r.prompt_tokens + r.generated for r in self.running)
+        contexts = context0 + n * np.arange(k, dtype=np.int64)
+        durations = self.profile.step_seconds(n, n, contexts, 0)  # vectorised, same arithmetic
+        clock = np.cumsum(np.concatenate(([self.now], durations)))  # sequential sums, as step()
+        k = min(k, int(np.searchsorted(clock[:k], end, side="left")))
+        self.now = float(clock[k])
+        busy = np.cumsum(np.concatenate(([self.counters.busy_seconds], durations[:k])))
+        out = StepOutcome(duration=float(np.cumsum(durations[:k])[-1]), steps=k)
+        self.counters.steps += k
+        self.counters.busy_seconds = float(busy[-1])
+        self._grow_decodes(k, out)
+        if out.finished:
+            self.running = [r for r in self.running if r.status is RequestStatus.RUNNING]
+            self._all_decoding = bool(self.running)
+        return out
+
+    def _grow_decodes(self, k: int, out: StepOutcome) -> None:
+        bs = self.kv.block_size
+        for req in self.running:
+            req.num_computed_tokens += k
+            req.generated += k
+            held = blocks_for(req.num_computed_tokens, bs)
+            self.kv.free_blocks -= held - req.num_blocks
+            req.num_blocks = held
+            req.last_token_time = self.now
+            out.tokens[req.request_id] = k
+            if req.generated >= req.limit:
+                self._complete(req, out)
+        self.counters.generation_tokens += k * len(self.running)

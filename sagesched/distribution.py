@@ -150,6 +150,11 @@ class LengthDistribution:
             total = 1.0
         return p / total, lo, np.maximum(hi, lo)
 
+    def support(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(p, lowest, highest length) per bin after the floor: the exact shape the moments use,
+        for callers that need per-bin thresholds (Gittins index, truncation at max_tokens)."""
+        return self._bins()
+
     def bin_moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(p, E[L | bin], E[L² | bin]) per bin: what cost models need, in one pass."""
         p, lo, hi = self._bins()

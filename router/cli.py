@@ -1,0 +1,98 @@
+"""`sagesched router` (the data plane) and `sagesched demo` (emulated pods + router + trace replay)."""
+from __future__ import annotations
+
+import argparse
+
+POLICY_CHOICES_HINT = "sagesched, fcfs, sjf-mean, round-robin, least-requests, llmd, oracle"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("router", help="the OpenAI-compatible router (HTTP + gRPC)",
+                              description="Serve OpenAI /v1/chat/completions and /v1/completions (streaming) "
+                                          "and gRPC sagesched.v1.Router, scheduling requests onto pods.")
+    p.add_argument("--config", help="YAML file whose keys are RouterSettings fields (flags override it)")
+    p.add_argument("--backend", action="append", default=None, metavar="URL",
+                   help="a static engine pod's base URL (repeatable)")
+    p.add_argument("--backend-scheduling", choices=("fcfs", "priority"), default=None,
+                   help="static pods run vLLM with --scheduling-policy priority: send our priority")
+    p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 50051; -1 disables)")
+    p.add_argument("--redis-url", default=None, help="read pod snapshots and keep history in this Redis")
+    p.add_argument("--policy", default=None, help=f"scheduling policy ({POLICY_CHOICES_HINT}); default sagesched")
+    p.add_argument("--max-queue", type=int, default=None, help="queued requests per model before 429 (default 1024)")
+    p.add_argument("--queue-timeout", type=float, default=None, help="seconds queued before 504 (default 120)")
+    p.add_argument("--scrape-interval", type=float, default=None, help="static pods' /metrics period, s (0.5)")
+    p.add_argument("--stale-after", type=float, default=None, help="pod metrics older than this are stale, s (5)")
+    p.add_argument("--predictor", default=None, metavar="HOST:PORT", help="predictor service; unset = history only")
+    p.add_argument("--predictor-deadline-ms", type=float, default=None, help="predictor deadline (default 5 ms)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run_router)
+
+    d = subparsers.add_parser("demo", help="emulated pods + router + Azure trace replay: policy comparison",
+                              description="Start N emulated vLLM pods and a router in this process, replay a "
+                                          "slice of the Azure conversation trace through the router with the "
+                                          "official openai client, once per policy, and compare latencies.")
+    d.add_argument("--pods", type=int, default=4, help="emulated pods (default 4)")
+    d.add_argument("--requests", type=int, default=200, help="trace requests per policy (default 200)")
+    d.add_argument("--rate", type=float, default=9.0,
+                   help="mean arrivals per emulated second, trace burstiness kept (default 9; 0 = the trace rate)")
+    d.add_argument("--time-scale", type=float, default=0.5,
+                   help="wall seconds per emulated second, as the emulator counts (default 0.5: twice as fast)")
+    d.add_argument("--policies", default="sagesched,round-robin,fcfs", help="comma-separated policies to compare")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--max-output", type=int, default=None, help="cap output lengths (tokens) to keep it short")
+    d.add_argument("--max-prompt", type=int, default=None, help="cap prompt lengths (tokens)")
+    d.add_argument("--json", default=None, help="also write the results to this JSON file")
+    d.set_defaults(func=run_demo)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from .settings import Backend, RouterSettings
+
+    overrides = {
+        "host": args.host, "port": args.port, "redis_url": args.redis_url, "policy": args.policy,
+        "max_queue_per_model": args.max_queue, "queue_timeout_s": args.queue_timeout,
+        "scrape_interval_s": args.scrape_interval, "snapshot_max_age_s": args.stale_after,
+        "predictor_address": args.predictor,
+        "predictor_deadline_s": None if args.predictor_deadline_ms is None else args.predictor_deadline_ms / 1000,
+    }
+    if args.grpc_port is not None:
+        overrides["grpc_port"] = None if args.grpc_port < 0 else args.grpc_port
+    settings = (RouterSettings.from_yaml(args.config, **overrides) if args.config
+                else RouterSettings(**{k: v for k, v in overrides.items() if v is not None}))
+    if args.grpc_port is not None and args.grpc_port < 0:
+        settings.grpc_port = None
+    for url in args.backend or []:
+        settings.backends.append(Backend(url=url, scheduling=args.backend_scheduling or "fcfs"))
+    return settings
+
+
+def run_router(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .server import serve_forever
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    if not settings.backends and not settings.redis_url:
+        raise SystemExit("no pods: pass --backend URL (repeatable), --config, or --redis-url")
+    _install_uvloop()
+    asyncio.run(serve_forever(settings))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import main
+
+    _install_uvloop()
+    return main(args)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()

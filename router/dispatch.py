@@ -1,0 +1,159 @@
+"""Stages 3-4, enqueue and dispatch: the bounded per-model queue in front of the scheduling core.
+
+The policy itself lives in `sagesched.scheduling.Scheduler` (the same object the simulator drives);
+this module only feeds it. Dispatch is event-driven: a pass runs when a request arrives, when one
+finishes, and when pod metrics change — never on a timer. Passes coalesce: many wake-ups while a pass
+is pending cause one pass.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+from sagesched.scheduling.types import SchedRequest
+
+from .errors import RouterError, no_pods, queue_full, queue_timeout
+from .metrics import RouterMetrics
+from .pods import PodEntry, PodSet
+from .request import LiveRequest
+from .settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, scheduler, policy: str, pods: PodSet, settings: RouterSettings,
+                 metrics: RouterMetrics) -> None:
+        self.scheduler = scheduler
+        self.policy = policy
+        self.pods = pods
+        self.settings = settings
+        self.metrics = metrics
+        self.waiting: dict[str, LiveRequest] = {}
+        self.running: dict[str, LiveRequest] = {}
+        self.depth: Counter[str] = Counter()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.decision_seconds: list[float] = []  # kept only when a benchmark asks (see record_decisions)
+        self.record_decisions = False
+        pods.on_change = self.wake
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="dispatch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for req in list(self.waiting.values()):
+            if req.dispatched is not None and not req.dispatched.done():
+                req.dispatched.set_exception(RouterError(503, "router shutting down", kind="shutdown",
+                                                         type="service_unavailable_error"))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- enqueue -------------------------------------------------------------------------------
+    def enqueue(self, req: LiveRequest) -> None:
+        """Admit `req` to the queue of its model, or refuse it (429 full, 503 no pods)."""
+        assert req.distribution is not None
+        if not any(req.model in p.models and p.reachable for p in self.pods.pods.values()):
+            raise no_pods(req.model)
+        if self.depth[req.model] >= self.settings.max_queue_per_model:
+            raise queue_full(req.model, self.settings.retry_after_s)
+        req.sched = SchedRequest(
+            request_id=req.id, model=req.model, prompt_tokens=req.prompt_tokens, arrival=req.arrival,
+            distribution=req.distribution, max_tokens=req.max_tokens, priority=req.priority,
+        )
+        req.dispatched = asyncio.get_running_loop().create_future()
+        self.scheduler.submit(req.sched, req.arrival)
+        self.waiting[req.id] = req
+        self._set_depth(req.model, +1)
+        self.wake()
+
+    async def wait_dispatched(self, req: LiveRequest) -> PodEntry:
+        """Until the policy sends `req` to a pod; 504 after the queue timeout. A cancelled waiter
+        (client gone) leaves the queue."""
+        assert req.dispatched is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(req.dispatched), self.settings.queue_timeout_s)
+        except asyncio.TimeoutError:
+            if self._withdraw(req):
+                raise queue_timeout(asyncio.get_running_loop().time() - req.arrival) from None
+            return req.dispatched.result()  # dispatched in the same instant the timer fired
+        except asyncio.CancelledError:
+            self._withdraw(req)
+            raise
+
+    def _withdraw(self, req: LiveRequest) -> bool:
+        """Take a waiting request out of the queue; False if it was dispatched meanwhile."""
+        if self.waiting.pop(req.id, None) is None:
+            return False
+        self.scheduler.cancel(req.id)
+        self._set_depth(req.model, -1)
+        return True
+
+    # --- dispatch ------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.waiting:
+                continue
+            try:
+                self.dispatch_pass()
+            except Exception:  # a policy bug must not kill the router's only dispatch loop
+                log.exception("dispatch pass failed")
+
+    def dispatch_pass(self) -> int:
+        loop_now = asyncio.get_running_loop().time()
+        views = self.pods.views()
+        t0 = time.perf_counter()
+        pairs = self.scheduler.dispatch(views, loop_now)
+        elapsed = time.perf_counter() - t0
+        self.metrics.decision_latency.labels(self.policy).observe(elapsed)
+        if self.record_decisions:
+            self.decision_seconds.append(elapsed)
+        for sreq, view in pairs:
+            req = self.waiting.pop(sreq.request_id, None)
+            if req is None:  # withdrawn in the same instant: give the slot back
+                self.scheduler.on_finish(sreq.request_id, loop_now)
+                continue
+            pod = self.pods.pods[view.name]
+            req.pod = pod
+            req.dispatched_at = loop_now
+            pod.inflight.add(req.id)
+            pod.delta += 1
+            self.running[req.id] = req
+            self._set_depth(req.model, -1)
+            self.metrics.queue_wait.labels(req.model, self.policy).observe(req.queue_wait)
+            self.metrics.dispatches.labels(pod.name, self.policy).inc()
+            self.metrics.inflight.labels(pod.name).set(len(pod.inflight))
+            if req.dispatched is not None and not req.dispatched.done():
+                req.dispatched.set_result(pod)
+        return len(pairs)
+
+    # --- progress and completion ---------------------------------------------------------------
+    def progress(self, req: LiveRequest) -> None:
+        self.scheduler.on_progress(req.id, req.output_tokens)
+
+    def finish(self, req: LiveRequest) -> None:
+        """`req` left its pod (done, failed or aborted): free its place and dispatch again."""
+        if self.running.pop(req.id, None) is None:
+            self._withdraw(req)
+            return
+        self.scheduler.on_finish(req.id, asyncio.get_running_loop().time())
+        if req.pod is not None:
+            req.pod.inflight.discard(req.id)
+            req.pod.delta -= 1
+            self.metrics.inflight.labels(req.pod.name).set(len(req.pod.inflight))
+        self.wake()
+
+    def _set_depth(self, model: str, delta: int) -> None:
+        self.depth[model] += delta
+        self.metrics.queue_depth.labels(model, self.policy).set(self.depth[model])
+
+    def oldest_wait(self, model: str, now: float) -> float:
+        return max((now - r.arrival for r in self.waiting.values() if r.model == model), default=0.0)

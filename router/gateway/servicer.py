@@ -1,0 +1,191 @@
+"""Envoy ext_proc servicer: SageSched as the Endpoint Picker of a Gateway API inference gateway.
+
+Envoy opens one ext_proc stream per HTTP request. The exchange below holds the request while it
+waits in SageSched's queue (the same queue, policy and picker as standalone mode, behind
+`GatewayBackend`), answers with the chosen endpoint and its fallbacks, then watches the response
+stream to keep in-flight accounting and the completion history true. Envoy carries the bytes.
+
+Body modes: FULL_DUPLEX_STREAMED (what the protocol requires; the picker holds the headers until the
+body is complete, then sends headers and the body back itself) and BUFFERED (the picker answers
+the buffered body with the header mutation). The mode comes from the stream's ProtocolConfiguration
+when Envoy sends one, else from the server's setting, which must match Envoy's processing_mode.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+
+from sagesched.router.gateway import protocol
+from sagesched.router.gateway.protocol import GatewayError, GatewayRequest
+from sagesched.router.gateway.usage import ResponseMeter
+
+log = logging.getLogger(__name__)
+
+FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
+BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
+
+
+class GatewayBackend(Protocol):
+    """The scheduling side of gateway mode (implemented over the router's request path)."""
+
+    async def pick(self, request: GatewayRequest, subset: frozenset[str] | None) -> Any:
+        """Wait in the queue until the policy dispatches; return a ticket with `.endpoints`
+        (first choice, then fallbacks). Raises Overloaded, NoEndpoint or BadRequest."""
+
+    def served(self, ticket: Any, endpoint: str | None, status: int) -> None:
+        """The response started; `endpoint` is the one that actually served."""
+
+    def progress(self, ticket: Any, tokens: int) -> None:
+        """`tokens` output tokens have streamed so far."""
+
+    def finish(self, ticket: Any, usage: dict | None, ok: bool) -> None:
+        """The exchange ended (completed, failed, or the client went away)."""
+
+
+@dataclass
+class GatewaySettings:
+    request_body_mode: int = FULL_DUPLEX
+    response_body_mode: int = FULL_DUPLEX
+    # On an unexpected internal error: True lets the request through unrouted (Envoy's own load
+    # balancing decides), False answers 503. Pair it with Envoy's `failure_mode_allow`.
+    fail_open: bool = False
+
+
+@dataclass
+class _Exchange:
+    """One HTTP request's ext_proc stream."""
+
+    backend: GatewayBackend
+    settings: GatewaySettings
+    request: GatewayRequest | None = None
+    subset: frozenset[str] | None = None
+    body: bytearray = field(default_factory=bytearray)
+    ticket: Any = None
+    meter: ResponseMeter = field(default_factory=ResponseMeter)
+    done: bool = False
+    request_mode: int = FULL_DUPLEX
+    response_mode: int = FULL_DUPLEX
+
+    def __post_init__(self) -> None:
+        self.request_mode = self.settings.request_body_mode
+        self.response_mode = self.settings.response_body_mode
+
+    async def handle(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        kind = message.WhichOneof("request")
+        if message.HasField("protocol_config"):
+            self.request_mode = message.protocol_config.request_body_mode or self.request_mode
+            self.response_mode = message.protocol_config.response_body_mode or self.response_mode
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            return []
+        return await handler(message)
+
+    async def _on_request_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        headers = protocol.header_map(message.request_headers)
+        self.request = GatewayRequest(
+            method=headers.get(":method", "POST"), path=headers.get(":path", "/"), headers=headers
+        )
+        self.subset = protocol.subset_hint(message)
+        if message.request_headers.end_of_stream:
+            return await self._route(headers_phase=True)
+        return [] if self.request_mode == FULL_DUPLEX else [protocol.headers_continue()]
+
+    async def _on_request_body(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        self.body.extend(message.request_body.body)
+        if not message.request_body.end_of_stream:
+            return []
+        return await self._route(headers_phase=self.request_mode == FULL_DUPLEX)
+
+    async def _route(self, headers_phase: bool) -> list[ext_proc.ProcessingResponse]:
+        """Pick the endpoint (waiting in our queue) and answer in the phase Envoy expects."""
+        assert self.request is not None
+        self.request.body = bytes(self.body)
+        try:
+            self.ticket = await self.backend.pick(protocol.parse_body(self.request), self.subset)
+        except GatewayError as err:
+            self.done = True
+            return [protocol.immediate(err)]
+        except Exception:  # noqa: BLE001 - the gateway must answer whatever went wrong
+            log.exception("endpoint picking failed")
+            self.done = True
+            if self.settings.fail_open:
+                return self._pass_through(headers_phase)
+            return [protocol.immediate(protocol.NoEndpoint("endpoint picker internal error"))]
+        common, metadata = protocol.destination_mutation(list(self.ticket.endpoints))
+        if not headers_phase:
+            return [protocol.body_continue(common, metadata=metadata)]
+        out = [protocol.headers_continue(common, metadata=metadata)]
+        if self.body:
+            out.append(protocol.body_stream(bytes(self.body), True))
+        return out
+
+    def _pass_through(self, headers_phase: bool) -> list[ext_proc.ProcessingResponse]:
+        if not headers_phase:
+            return [protocol.body_continue()]
+        out = [protocol.headers_continue()]
+        if self.body:
+            out.append(protocol.body_stream(bytes(self.body), True))
+        return out
+
+    async def _on_response_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        headers = protocol.header_map(message.response_headers)
+        status = int(headers.get(":status", "200") or 200)
+        self.meter.streaming = "text/event-stream" in headers.get("content-type", "")
+        if self.ticket is not None:
+            self.backend.served(self.ticket, protocol.served_endpoint(message), status)
+            if status >= 400 or message.response_headers.end_of_stream:
+                self._finish(ok=status < 400 and message.response_headers.end_of_stream)
+        return [protocol.headers_continue(response=True)]
+
+    async def _on_response_body(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        chunk, eos = message.response_body.body, message.response_body.end_of_stream
+        if self.ticket is not None and not self.done:
+            if self.meter.feed(chunk):
+                self.backend.progress(self.ticket, self.meter.tokens)
+            if eos:
+                self._finish(ok=True)
+        if self.response_mode == FULL_DUPLEX:
+            return [protocol.body_stream(chunk, eos, response=True)]
+        return [protocol.body_continue(response=True)]
+
+    async def _on_request_trailers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        return [ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())]
+
+    async def _on_response_trailers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        return [ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())]
+
+    def _finish(self, ok: bool) -> None:
+        if self.ticket is not None and not self.done:
+            self.done = True
+            self.backend.finish(self.ticket, self.meter.usage(), ok)
+
+    def close(self) -> None:
+        """The stream ended before the response did: the client or Envoy went away."""
+        self._finish(ok=False)
+
+
+class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):
+    """Thin servicer: one `_Exchange` per stream."""
+
+    def __init__(self, backend: GatewayBackend, settings: GatewaySettings | None = None) -> None:
+        self.backend = backend
+        self.settings = settings or GatewaySettings()
+
+    async def Process(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[ext_proc.ProcessingRequest], context: Any
+    ) -> AsyncIterator[ext_proc.ProcessingResponse]:
+        exchange = _Exchange(self.backend, self.settings)
+        try:
+            async for message in request_iterator:
+                for response in await exchange.handle(message):
+                    yield response
+                if exchange.done and exchange.ticket is None:
+                    return  # answered immediately: nothing more to watch
+        finally:
+            exchange.close()

@@ -1,0 +1,174 @@
+"""gRPC `sagesched.v1.Router`: a thin servicer over the same request path as HTTP.
+
+Protobufs are translated into the OpenAI JSON the rest of the router speaks (the core never sees a
+generated type); the pod is always streamed from, so token accounting works for unary calls too.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
+
+from .errors import RouterError, bad_request, upstream_error
+from .parse import parse_request
+from .pipeline import Router
+from .request import Api, LiveRequest
+
+_STATUS_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    502: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def to_openai(msg: router_pb2.GenerateRequest) -> tuple[Api, dict]:
+    """GenerateRequest → (API, OpenAI request body)."""
+    body: dict = {}
+    if msg.extra_json:
+        try:
+            extra = json.loads(msg.extra_json)
+        except ValueError as exc:
+            raise bad_request(f"extra_json is not JSON: {exc}", param="extra_json") from None
+        if not isinstance(extra, dict):
+            raise bad_request("extra_json must be a JSON object", param="extra_json")
+        body.update(extra)
+    body["model"] = msg.model
+    which = msg.WhichOneof("input")
+    if which == "chat":
+        api = Api.CHAT
+        body["messages"] = [{"role": m.role, "content": m.content} for m in msg.chat.messages]
+    elif which == "prompt":
+        api = Api.COMPLETIONS
+        body["prompt"] = msg.prompt
+    else:
+        raise bad_request("one of `prompt` or `chat` is required", param="input")
+    p = msg.params
+    if p.max_tokens:
+        body["max_tokens"] = p.max_tokens
+    if p.HasField("temperature"):
+        body["temperature"] = p.temperature
+    if p.HasField("top_p"):
+        body["top_p"] = p.top_p
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.ignore_eos:
+        body["ignore_eos"] = True
+    if p.min_tokens:
+        body["min_tokens"] = p.min_tokens
+    if msg.priority:
+        body["priority"] = msg.priority
+    body["stream"] = True
+    return api, body
+
+
+def _usage(req: LiveRequest) -> common_pb2.Usage:
+    u = req.usage or {}
+    return common_pb2.Usage(prompt_tokens=int(u.get("prompt_tokens", 0)),
+                            completion_tokens=int(u.get("completion_tokens", req.output_tokens)),
+                            total_tokens=int(u.get("total_tokens", 0)))
+
+
+def _delta_text(api: Api, event: bytes) -> str:
+    if not event.startswith(b"data: {"):
+        return ""
+    data = json.loads(event[6:])
+    if "error" in data:
+        raise upstream_error(data["error"].get("message", "pod error"))
+    choices = data.get("choices") or []
+    if not choices:
+        return ""
+    if api is Api.CHAT:
+        return (choices[0].get("delta") or {}).get("content") or ""
+    return choices[0].get("text") or ""
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def _chunks(self, msg: router_pb2.GenerateRequest, context) -> AsyncIterator[tuple[LiveRequest, str]]:
+        router = self.router
+        model = msg.model
+        try:
+            api, body = to_openai(msg)
+            req = parse_request(api, body, router.now(), msg.request_id or None)
+            async with router.serve(req) as pod:
+                async with router.upstream.open(req, pod, router.engine_priority(req)) as resp:
+                    if resp.status != 200:
+                        req.finish_reason = "error"
+                        raw = await resp.read()
+                        raise RouterError(resp.status, raw.decode(errors="replace")[:500], kind="upstream",
+                                          type="upstream_error")
+                    async for event in router.upstream.events(req, resp, router.now, lambda: router.on_token(req)):
+                        text = _delta_text(api, event)
+                        if text:
+                            yield req, text
+                    req.finished_at = router.now()
+            yield req, ""
+        except RouterError as err:
+            router.metrics.errors.labels(err.kind).inc()
+            router.metrics.requests.labels(model, str(err.status)).inc()
+            await context.abort(_STATUS_TO_GRPC.get(err.status, grpc.StatusCode.INTERNAL), err.message)
+        router.metrics.requests.labels(model, "200").inc()
+
+    async def Generate(self, request, context):
+        parts: list[str] = []
+        req = None
+        async for req, text in self._chunks(request, context):
+            parts.append(text)
+        return router_pb2.GenerateResponse(
+            request_id=req.id, model=req.model, text="".join(parts), finish_reason=req.finish_reason,
+            usage=_usage(req), pod=req.pod.name if req.pod else "")
+
+    async def GenerateStream(self, request, context):
+        async for req, text in self._chunks(request, context):
+            if text:
+                yield router_pb2.GenerateChunk(request_id=req.id, text=text)
+            else:  # the closing chunk
+                yield router_pb2.GenerateChunk(request_id=req.id, finish_reason=req.finish_reason,
+                                               usage=_usage(req), pod=req.pod.name if req.pod else "")
+
+    async def GetState(self, request, context):
+        router = self.router
+        now = router.now()
+        views = {v.name: v for v in router.pods.views()}
+        pods = []
+        for entry in router.pods.pods.values():
+            if request.model and request.model not in entry.models:
+                continue
+            view = views[entry.name]
+            snap = entry.snapshot
+            pods.append(router_pb2.PodState(
+                name=entry.name, address=entry.base_url, models=list(entry.models), healthy=view.eligible,
+                kv_cache_usage=view.kv_usage, running=view.num_running, waiting=view.num_waiting,
+                inflight=len(entry.inflight), snapshot_age_seconds=snap.age(time.time()) if snap else -1.0))
+        models = [request.model] if request.model else router.pods.model_names()
+        queues = [router_pb2.QueueState(model=m, depth=router.dispatcher.depth[m],
+                                        oldest_wait_seconds=router.dispatcher.oldest_wait(m, now))
+                  for m in models]
+        return router_pb2.RouterState(policy=router.policy, pods=pods, queues=queues)
+
+
+async def start_grpc(router: Router, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """The Router service with the standard health service and reflection."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    server = grpc.aio.server()
+    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    service = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+    reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, bound

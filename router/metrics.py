@@ -1,0 +1,79 @@
+"""The router's Prometheus metrics: names and help texts defined once, here.
+
+Each `RouterMetrics` owns its own registry, so several routers can live in one process (tests, the
+demo) without colliding; `/metrics` exposes exactly that registry.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+QUEUE_DEPTH = "sagesched_queue_depth"
+QUEUE_WAIT = "sagesched_queue_wait_seconds"
+DISPATCHES = "sagesched_dispatches_total"
+TTFT = "sagesched_ttft_seconds"
+TTLT = "sagesched_ttlt_seconds"
+PREDICTED_OUTPUT_TOKENS = "sagesched_predicted_output_tokens"
+ACTUAL_OUTPUT_TOKENS = "sagesched_actual_output_tokens"
+PREDICTOR_LATENCY = "sagesched_predictor_latency_seconds"
+PREDICTOR_FALLBACKS = "sagesched_predictor_fallbacks_total"
+POD_SNAPSHOT_AGE = "sagesched_pod_snapshot_age_seconds"
+ERRORS = "sagesched_errors_total"
+REQUESTS = "sagesched_requests_total"
+DECISION_LATENCY = "sagesched_dispatch_decision_seconds"
+INFLIGHT = "sagesched_inflight_requests"
+
+HELP = {
+    QUEUE_DEPTH: "Requests waiting in the router's admission queue.",
+    QUEUE_WAIT: "Time from arrival until the policy dispatched the request to a pod.",
+    DISPATCHES: "Requests dispatched to each pod.",
+    TTFT: "Time to first token as the client sees it through the router.",
+    TTLT: "Time to last token (end-to-end latency) as the client sees it through the router.",
+    PREDICTED_OUTPUT_TOKENS: "Mean of the predicted output-length distribution at admission.",
+    ACTUAL_OUTPUT_TOKENS: "Output tokens the engine reported generating.",
+    PREDICTOR_LATENCY: "Time the router waited for an output-length prediction.",
+    PREDICTOR_FALLBACKS: "Predictions served by the history estimator because the predictor failed or was late.",
+    POD_SNAPSHOT_AGE: "Age of the newest metrics snapshot of each pod.",
+    ERRORS: "Errors by kind (bad_request, unknown_model, queue_full, queue_timeout, no_pods, upstream, cancelled).",
+    REQUESTS: "Requests answered, by model and HTTP status code.",
+    DECISION_LATENCY: "Duration of one scheduler dispatch pass.",
+    INFLIGHT: "Requests this router has in flight on each pod.",
+}
+
+# Latency buckets from sub-millisecond router work up to multi-minute generations.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+PREDICTOR_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1)
+TOKEN_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+class RouterMetrics:
+    """All router metrics, registered in one private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.queue_depth = Gauge(QUEUE_DEPTH, HELP[QUEUE_DEPTH], ["model", "policy"], registry=r)
+        self.queue_wait = Histogram(QUEUE_WAIT, HELP[QUEUE_WAIT], ["model", "policy"],
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.dispatches = Counter(DISPATCHES.removesuffix("_total"), HELP[DISPATCHES], ["pod", "policy"], registry=r)
+        self.ttft = Histogram(TTFT, HELP[TTFT], ["model", "policy"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttlt = Histogram(TTLT, HELP[TTLT], ["model", "policy"], buckets=LATENCY_BUCKETS, registry=r)
+        self.predicted_tokens = Histogram(PREDICTED_OUTPUT_TOKENS, HELP[PREDICTED_OUTPUT_TOKENS], ["model"],
+                                          buckets=TOKEN_BUCKETS, registry=r)
+        self.actual_tokens = Histogram(ACTUAL_OUTPUT_TOKENS, HELP[ACTUAL_OUTPUT_TOKENS], ["model"],
+                                       buckets=TOKEN_BUCKETS, registry=r)
+        self.predictor_latency = Histogram(PREDICTOR_LATENCY, HELP[PREDICTOR_LATENCY],
+                                           buckets=PREDICTOR_BUCKETS, registry=r)
+        self.predictor_fallbacks = Counter(PREDICTOR_FALLBACKS.removesuffix("_total"), HELP[PREDICTOR_FALLBACKS],
+                                           ["reason"], registry=r)
+        self.pod_snapshot_age = Gauge(POD_SNAPSHOT_AGE, HELP[POD_SNAPSHOT_AGE], ["pod"], registry=r)
+        self.errors = Counter(ERRORS.removesuffix("_total"), HELP[ERRORS], ["kind"], registry=r)
+        self.requests = Counter(REQUESTS.removesuffix("_total"), HELP[REQUESTS], ["model", "code"], registry=r)
+        self.decision_latency = Histogram(DECISION_LATENCY, HELP[DECISION_LATENCY], ["policy"],
+                                          buckets=DECISION_BUCKETS, registry=r)
+        self.inflight = Gauge(INFLIGHT, HELP[INFLIGHT], ["pod"], registry=r)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text exposition of this registry and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

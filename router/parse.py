@@ -1,0 +1,102 @@
+"""Stage 1, parse: OpenAI JSON (or a gRPC GenerateRequest turned into the same dict) → LiveRequest.
+
+The hot path never tokenises: prompt length is estimated from characters (≈4 per token for English
+BPE vocabularies); the pod's usage report gives the true count afterwards.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from .errors import bad_request
+from .request import Api, LiveRequest
+
+CHARS_PER_TOKEN = 4
+# Chat templates add a few tokens of framing per message.
+TOKENS_PER_MESSAGE = 4
+
+
+def estimate_tokens(chars: int) -> int:
+    return max(1, (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _int_field(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad_request(f"`{name}` must be a non-negative integer", param=name)
+    return value
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object")
+    return body
+
+
+def parse_request(api: Api, body: dict[str, Any], now: float, request_id: str | None = None) -> LiveRequest:
+    """Validate what the router itself needs; everything else passes through to the pod."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("`model` is required", param="model")
+    if api is Api.CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise bad_request("`messages` must be a non-empty list", param="messages")
+        if not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise bad_request("each message needs a `role`", param="messages")
+        text = "\n".join(_content_text(m.get("content")) for m in messages)
+        prompt_tokens = estimate_tokens(len(text)) + TOKENS_PER_MESSAGE * len(messages)
+        max_tokens = _int_field(body, "max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = _int_field(body, "max_tokens")
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            text, prompt_tokens = prompt, estimate_tokens(len(prompt))
+        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            text, prompt_tokens = "", len(prompt)  # token ids: the length is exact
+        else:
+            raise bad_request("`prompt` must be a string or a list of token ids (batched prompts are not routed)",
+                              param="prompt")
+        max_tokens = _int_field(body, "max_tokens")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("`stream` must be a boolean", param="stream")
+    if body.get("n", 1) != 1:
+        raise bad_request("only n=1 is supported", param="n")
+    priority = body.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise bad_request("`priority` must be an integer", param="priority")
+    options = body.get("stream_options") or {}
+    return LiveRequest(
+        id=request_id or f"req-{uuid.uuid4().hex}",
+        api=api,
+        model=model,
+        body=body,
+        stream=stream,
+        prompt_text=text,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        priority=priority,
+        arrival=now,
+        arrival_unix=time.time(),
+        client_wants_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+    )

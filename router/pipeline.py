@@ -1,0 +1,170 @@
+"""The request path, stage by stage, shared by the HTTP and gRPC front ends:
+
+    parse (router.parse) → predict (router.predict) → enqueue + dispatch (router.dispatch)
+    → stream (router.proxy) → record (here)
+
+`Router.serve(req)` runs predict → dispatch and hands the chosen pod to the front end, which streams;
+leaving the block (normally, on error, or because the client went away) frees the pod's slot and
+records the completion. Recording runs in the background so Redis never delays an answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sagesched.scheduling import HistoryEstimator, Scheduler, make_policy
+from sagesched.scheduling.priority import LOWER_FIRST
+from sagesched.state.history import CompletionRecord, HistoryStore, InProcessHistoryStore
+
+from .dispatch import Dispatcher
+from .errors import RouterError, unknown_model
+from .metrics import RouterMetrics
+from .pods import PodEntry, PodSet
+from .predict import PredictStage
+from .proxy import Upstream
+from .request import LiveRequest
+from .settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+def make_scheduler(settings: RouterSettings) -> Scheduler:
+    """The scheduling core's one Scheduler, with the configured policy and its parameters."""
+    return Scheduler(make_policy(settings.policy, **settings.policy_params), aging_rate=settings.aging_rate)
+
+
+class Router:
+    """One router: pods, the dispatcher around the scheduler, the upstream pool, the history."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        scheduler: Any | None = None,
+        estimator: Any | None = None,
+        predictor_client: Any | None = None,
+        pod_store: Any | None = None,
+        history: HistoryStore | None = None,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or RouterMetrics()
+        self.pods = PodSet(settings, self.metrics, store=pod_store)
+        self.scheduler = scheduler if scheduler is not None else make_scheduler(settings)
+        self.dispatcher = Dispatcher(self.scheduler, settings.policy, self.pods, settings, self.metrics)
+        self.predictor = PredictStage(estimator if estimator is not None else HistoryEstimator(), self.metrics,
+                                      predictor_client, settings.predictor_deadline_s)
+        self.predictor_client = predictor_client
+        self.upstream = Upstream(settings)
+        self.history: HistoryStore = history or InProcessHistoryStore(settings.history_maxlen)
+        self._background: set[asyncio.Task] = set()
+        self.started = False
+
+    @property
+    def policy(self) -> str:
+        return self.settings.policy
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        await self.pods.start()
+        self.dispatcher.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        await self.dispatcher.stop()
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.settings.drain_timeout_s)
+        await self.pods.stop()
+        await self.upstream.stop()
+        await self.history.close()
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def is_ready(self) -> bool:
+        return self.started and any(p.reachable for p in self.pods.pods.values())
+
+    # --- the path --------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def serve(self, req: LiveRequest) -> AsyncIterator[PodEntry]:
+        """predict → enqueue → dispatch; yields the pod. On exit: free the slot, record."""
+        if not self.pods.serves(req.model):
+            raise unknown_model(req.model)
+        await self.predictor.predict(req)
+        self.dispatcher.enqueue(req)
+        try:
+            pod = await self.dispatcher.wait_dispatched(req)
+        except BaseException:
+            req.finish_reason = req.finish_reason or "abort"
+            raise
+        try:
+            yield pod
+        except asyncio.CancelledError:
+            req.finish_reason = "abort"
+            raise
+        except RouterError:
+            req.finish_reason = req.finish_reason or "error"
+            raise
+        finally:
+            if req.finished_at is None:
+                req.finished_at = self.now()
+            self.dispatcher.finish(req)
+            self._record(req)
+
+    def engine_priority(self, req: LiveRequest) -> int | None:
+        """The priority an engine in priority mode gets for `req`: the core's translation of its
+        aged rank (computed in the scheduler's engine convention, flipped for pods of the other)."""
+        if req.sched is None or req.pod is None:
+            return None
+        value = req.sched.engine_priority
+        same = LOWER_FIRST.get(req.pod.engine, True) == LOWER_FIRST.get(self.scheduler.engine, True)
+        return value if same else -value
+
+    def on_token(self, req: LiveRequest) -> None:
+        self.dispatcher.progress(req)
+
+    # --- record ----------------------------------------------------------------------------------
+    def _record(self, req: LiveRequest) -> None:
+        labels = (req.model, self.policy)
+        completed = req.finish_reason in ("stop", "length")
+        if completed:
+            if req.ttft is not None:
+                self.metrics.ttft.labels(*labels).observe(req.ttft)
+            self.metrics.ttlt.labels(*labels).observe(req.ttlt)
+            self.metrics.actual_tokens.labels(req.model).observe(req.output_tokens)
+            prompt_tokens = int((req.usage or {}).get("prompt_tokens") or req.prompt_tokens)
+            self.predictor.observe(req.model, prompt_tokens, req.output_tokens)
+        record = CompletionRecord(
+            request_id=req.id, model=req.model,
+            prompt_tokens=int((req.usage or {}).get("prompt_tokens") or req.prompt_tokens),
+            output_tokens=req.output_tokens, finish_reason=req.finish_reason or "error",
+            pod=req.pod.name if req.pod else "", max_tokens=req.max_tokens or 0,
+            ttft_seconds=req.ttft or 0.0, e2e_seconds=req.ttlt or 0.0, completed_at_unix=time.time(),
+            prompt=req.prompt_text,
+        )
+        task = asyncio.create_task(self._persist(record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _persist(self, record: CompletionRecord) -> None:
+        try:
+            await self.history.append(record)
+            if self.predictor_client is not None and record.learnable:
+                await self.predictor_client.report([_predictor_record(record)])
+        except Exception as exc:  # history is best effort: the answer already went out
+            log.warning("recording %s failed: %s", record.request_id, exc)
+
+
+def _predictor_record(record: CompletionRecord):
+    """The history record in the predictor's own type (what its client reports)."""
+    from sagesched.predictor.types import CompletionRecord as PredictorRecord, PredictQuery
+
+    query = PredictQuery(model=record.model, prompt=record.prompt, prompt_tokens=record.prompt_tokens,
+                         max_tokens=record.max_tokens, request_id=record.request_id)
+    return PredictorRecord(query=query, output_tokens=record.output_tokens, finish_reason=record.finish_reason,
+                           completed_at=record.completed_at_unix, pod=record.pod)

@@ -1,0 +1,230 @@
+"""The pods a router can send to, and what it knows about each.
+
+Two sources feed one `PodSet`: static backends (`--backend URL`, the embedded default), whose
+`/metrics` the router scrapes itself, and a `PodSnapshotStore` (Redis) that the operator fills. The
+set turns its entries into the scheduling core's `PodView`s; a pod whose newest snapshot is older
+than `snapshot_max_age_s` is stale and takes nothing new.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from sagesched.engine.profile import StepTimeProfile, load_profile
+from sagesched.podmetrics import parse_metrics
+from sagesched.scheduling.types import PodView
+from sagesched.state.pod_store import PodSnapshotStore
+from sagesched.state.snapshot import PodSnapshot
+
+from .metrics import RouterMetrics
+from .settings import Backend, RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class PodEntry:
+    name: str
+    base_url: str
+    models: tuple[str, ...]
+    engine: str = "vllm"
+    scheduling: str = "fcfs"
+    profile: StepTimeProfile = field(default_factory=load_profile)
+    snapshot: PodSnapshot | None = None
+    reachable: bool = False
+    model_cards: list[dict[str, Any]] = field(default_factory=list)
+    inflight: set[str] = field(default_factory=set)  # request ids this router has there
+    static: bool = True
+    # Our dispatches minus our finishes since the snapshot was taken: a scrape is up to an interval
+    # old, and a pod that just finished a request must not look full until the next one.
+    delta: int = 0
+
+    @property
+    def priority_mode(self) -> bool:
+        return self.scheduling == "priority"
+
+    def view(self, now_unix: float, max_age: float) -> PodView:
+        snap = self.snapshot
+        stale = snap is None or snap.is_stale(now_unix, max_age)
+        running = snap.num_running if snap else 0
+        waiting = (snap.num_waiting if snap else 0) + self.delta
+        if waiting < 0:
+            running, waiting = max(0, running + waiting), 0
+        return PodView(
+            name=self.name,
+            models=self.models,
+            profile=self.profile,
+            kv_usage=snap.kv_cache_usage if snap else 0.0,
+            num_running=running,
+            num_waiting=waiting,
+            healthy=self.reachable and (snap.ready if snap else False),
+            stale=stale,
+        )
+
+
+def _parse_metrics(text: str, entry: PodEntry) -> PodSnapshot:
+    """Engine /metrics text → snapshot, through the shared parser (`sagesched.podmetrics`)."""
+    return parse_metrics(text, entry.engine).to_snapshot(
+        name=entry.name, address=entry.base_url.split("://", 1)[-1], models=list(entry.models))
+
+
+class PodSet:
+    """Every pod this router knows, by name, with scrapers/pollers that keep them current.
+
+    `on_change` is called after every metrics update so the dispatcher can run again (a pod that
+    reported free KV may take a queued request now).
+    """
+
+    def __init__(self, settings: RouterSettings, metrics: RouterMetrics, store: PodSnapshotStore | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = store
+        self.pods: dict[str, PodEntry] = {}
+        self.on_change: Callable[[], None] = lambda: None
+        self._tasks: list[asyncio.Task] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._ready = asyncio.Event()
+        self._profiles: dict[str, StepTimeProfile] = {}
+        for backend in settings.backends:
+            self.pods[backend.name] = self._entry_for(backend)
+
+    def _profile(self, name: str) -> StepTimeProfile:
+        if name not in self._profiles:
+            self._profiles[name] = load_profile(name)
+        return self._profiles[name]
+
+    def _entry_for(self, b: Backend) -> PodEntry:
+        return PodEntry(name=b.name, base_url=b.url, models=tuple(b.models), engine=b.engine,
+                        scheduling=b.scheduling, profile=self._profile(b.profile))
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=max(1.0, self.settings.scrape_interval_s * 4))
+        self._session = aiohttp.ClientSession(timeout=timeout)
+        for entry in list(self.pods.values()):
+            self._tasks.append(asyncio.create_task(self._scrape_loop(entry), name=f"scrape-{entry.name}"))
+        if self.store is not None:
+            self._tasks.append(asyncio.create_task(self._store_loop(), name="pod-store"))
+        if not self._tasks:
+            self._ready.set()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once every static pod answered one scrape (or the store was read once)."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    # --- static backends -----------------------------------------------------------------------
+    async def _scrape_once(self, entry: PodEntry) -> None:
+        assert self._session is not None
+        if not entry.model_cards:
+            async with self._session.get(f"{entry.base_url}/v1/models") as resp:
+                resp.raise_for_status()
+                cards = (await resp.json()).get("data", [])
+            entry.model_cards = cards
+            if not entry.models:
+                entry.models = tuple(c["id"] for c in cards)
+        async with self._session.get(f"{entry.base_url}/metrics") as resp:
+            resp.raise_for_status()
+            text = await resp.text()
+        snap = _parse_metrics(text, entry)
+        snap.scraped_at = time.time()
+        entry.snapshot = snap
+        entry.delta = 0
+        entry.reachable = True
+
+    async def _scrape_loop(self, entry: PodEntry) -> None:
+        while True:
+            try:
+                await self._scrape_once(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a pod that fails to answer goes unhealthy, not the router
+                if entry.reachable:
+                    log.warning("pod %s unreachable: %s", entry.name, exc)
+                entry.reachable = False
+            self._check_ready()
+            self.on_change()
+            await asyncio.sleep(self.settings.scrape_interval_s)
+
+    def _check_ready(self) -> None:
+        if not self._ready.is_set() and all(p.reachable or not p.static for p in self.pods.values()):
+            self._ready.set()
+
+    # --- operator-published snapshots ----------------------------------------------------------
+    async def _store_loop(self) -> None:
+        while True:
+            try:
+                snapshots = await self.store.list(policy=self.settings.store_policy)
+                self._apply_snapshots(snapshots)
+                if not any(p.static for p in self.pods.values()):
+                    self._ready.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pod store read failed: %s", exc)
+            self.on_change()
+            await asyncio.sleep(self.settings.scrape_interval_s)
+
+    def _apply_snapshots(self, snapshots: list[PodSnapshot]) -> None:
+        seen = set()
+        for snap in snapshots:
+            seen.add(snap.name)
+            entry = self.pods.get(snap.name)
+            if entry is None:
+                entry = self.pods[snap.name] = PodEntry(
+                    name=snap.name, base_url=f"http://{snap.address}", models=tuple(snap.models),
+                    engine=snap.engine, profile=self._profile(self.settings.default_profile), static=False)
+            elif entry.static:
+                continue  # a statically configured pod is scraped by us; ours is fresher
+            if entry.snapshot is None or snap.scraped_at != entry.snapshot.scraped_at:
+                entry.delta = 0
+            entry.snapshot = snap
+            entry.models = tuple(snap.models)
+            entry.reachable = snap.ready
+        # A pod the store no longer lists is gone, unless we still stream from it.
+        for name in [n for n, e in self.pods.items() if not e.static and n not in seen and not e.inflight]:
+            del self.pods[name]
+
+    # --- views ---------------------------------------------------------------------------------
+    def views(self) -> list[PodView]:
+        now = time.time()
+        max_age = self.settings.snapshot_max_age_s
+        out = []
+        for entry in self.pods.values():
+            if entry.snapshot is not None:
+                self.metrics.pod_snapshot_age.labels(entry.name).set(entry.snapshot.age(now))
+            out.append(entry.view(now, max_age))
+        return out
+
+    def serves(self, model: str) -> bool:
+        return any(model in e.models for e in self.pods.values())
+
+    def model_names(self) -> list[str]:
+        return sorted({m for e in self.pods.values() for m in e.models})
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        """OpenAI model objects, one per model, taken from the first pod that described it."""
+        cards: dict[str, dict[str, Any]] = {}
+        for entry in self.pods.values():
+            for card in entry.model_cards:
+                cards.setdefault(card.get("id", ""), card)
+            for model in entry.models:
+                cards.setdefault(model, {"id": model, "object": "model", "created": 0, "owned_by": "sagesched"})
+        return [cards[k] for k in sorted(cards)]

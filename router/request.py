@@ -1,0 +1,71 @@
+"""The one object a request is while it moves through the router.
+
+Stages fill it in order — parse (`router.parse`) → predict (`router.predict`) → enqueue and dispatch
+(`router.dispatch`) → stream (`router.proxy`) → record (`router.pipeline`) — and no stage reaches
+back into an earlier one. Times are the event loop's monotonic clock.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sagesched.distribution import LengthDistribution
+    from sagesched.scheduling.types import SchedRequest
+
+    from .pods import PodEntry
+
+
+class Api(str, Enum):
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+
+    @property
+    def path(self) -> str:
+        return "/v1/chat/completions" if self is Api.CHAT else "/v1/completions"
+
+
+@dataclass(eq=False)
+class LiveRequest:
+    # --- parse ---------------------------------------------------------------------------------
+    id: str
+    api: Api
+    model: str
+    body: dict[str, Any]  # the client's JSON; unknown fields go to the pod unchanged
+    stream: bool
+    prompt_text: str
+    prompt_tokens: int  # a cheap estimate (characters / 4); the pod's usage report replaces it
+    max_tokens: int | None
+    priority: int  # client hint, lower is more urgent (vLLM's convention)
+    arrival: float
+    arrival_unix: float
+    client_wants_usage: bool = False  # stream_options.include_usage as the client sent it
+    # --- predict -------------------------------------------------------------------------------
+    distribution: "LengthDistribution | None" = None
+    prediction_source: str = ""
+    # --- enqueue / dispatch --------------------------------------------------------------------
+    sched: "SchedRequest | None" = None
+    dispatched: asyncio.Future | None = field(default=None, repr=False)
+    pod: "PodEntry | None" = None
+    dispatched_at: float | None = None
+    # --- stream --------------------------------------------------------------------------------
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    output_tokens: int = 0  # counted while streaming, replaced by the pod's usage when reported
+    usage: dict[str, int] | None = None
+    finish_reason: str = ""
+    status: int = 200
+
+    @property
+    def queue_wait(self) -> float:
+        return (self.dispatched_at or self.arrival) - self.arrival
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.arrival
+
+    @property
+    def ttlt(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.arrival

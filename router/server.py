@@ -1,0 +1,106 @@
+"""A running router: the core plus its HTTP and gRPC front ends, started and stopped together.
+
+`RouterServer` is what `sagesched router` runs and what tests and the demo start in-process
+(ports 0 pick free ones; `url` and `grpc_target` say where it listens).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from .http import build_app
+from .pipeline import Router
+from .settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+class RouterServer:
+    def __init__(self, settings: RouterSettings, **router_kwargs: Any) -> None:
+        self.settings = settings
+        self._router_kwargs = router_kwargs
+        self.router: Router | None = None
+        self._runner: web.AppRunner | None = None
+        self._grpc = None
+        self.port: int | None = None
+        self.grpc_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        return f"{host}:{self.grpc_port}"
+
+    async def start(self, wait_for_pods: float = 10.0) -> "RouterServer":
+        kwargs = dict(self._router_kwargs)
+        if self.settings.redis_url:
+            from sagesched.state.history import RedisHistoryStore
+            from sagesched.state.pod_store import RedisPodStore
+
+            kwargs.setdefault("pod_store", RedisPodStore(self.settings.redis_url))
+            kwargs.setdefault("history", RedisHistoryStore(self.settings.redis_url, maxlen=self.settings.history_maxlen))
+        if self.settings.predictor_address and "predictor_client" not in kwargs:
+            kwargs["predictor_client"] = self._predictor_client(kwargs)
+        self.router = Router(self.settings, **kwargs)
+        await self.router.start()
+        if wait_for_pods and not await self.router.pods.wait_ready(wait_for_pods):
+            log.warning("not every pod answered within %.0fs; serving anyway", wait_for_pods)
+        # handler_cancellation: a client that disconnects cancels its handler, which is how a queued
+        # request leaves the queue and a streaming one aborts its upstream request.
+        self._runner = web.AppRunner(build_app(self.router), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=4096)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        if self.settings.grpc_port is not None:
+            from .grpc_api import start_grpc
+
+            self._grpc, self.grpc_port = await start_grpc(self.router, self.settings.host, self.settings.grpc_port)
+        return self
+
+    def _predictor_client(self, kwargs: dict[str, Any]):
+        """The predictor service's asyncio client; its fallback is the router's history estimator."""
+        from sagesched.predictor.client import ClientSettings, PredictorClient
+        from sagesched.scheduling import HistoryEstimator
+
+        estimator = kwargs.setdefault("estimator", HistoryEstimator())
+        return PredictorClient(self.settings.predictor_address,
+                               fallback=lambda q: estimator.predict(q.model, q.prompt_tokens),
+                               settings=ClientSettings(deadline_s=self.settings.predictor_deadline_s))
+
+    async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.router is not None:
+            store = self._router_kwargs.get("pod_store") or self.router.pods.store
+            await self.router.stop()
+            if store is not None:
+                await store.close()
+            if self.router.predictor_client is not None and "predictor_client" not in self._router_kwargs:
+                await self.router.predictor_client.close()
+
+    async def __aenter__(self) -> "RouterServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve_forever(settings: RouterSettings) -> None:
+    server = RouterServer(settings)
+    await server.start()
+    log.info("router listening on %s (gRPC %s), policy %s, %d static pods", server.url,
+             server.grpc_target if server.grpc_port else "off", settings.policy, len(settings.backends))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()

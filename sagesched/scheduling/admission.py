@@ -1,0 +1,79 @@
+"""When a pod may take one more request.
+
+Two gates. The count gate keeps the engine's own waiting queue shorter than a small buffer (and the
+total below max_num_seqs plus that buffer): the engine orders what waits there first-come-first-served,
+so everything that can wait should wait in our queue, where the order is informed. The buffer keeps
+the engine from idling for a router round trip.
+
+The prefill gate meters prompt tokens into a pod: at most `prefill_tokens` of our requests' prompts
+may be waiting for prefill there at once (one request always may). A chunked-prefill engine packs up to
+max_num_batched_tokens of prefill into each iteration, and every running decode waits for that
+iteration; past a few hundred tokens prefill is compute-bound, so feeding it in smaller portions
+costs no prefill throughput while decode iterations stay short. The memory gate (optional, any policy) admits only
+if a high quantile of the KV the pod's requests may still need fits its free KV: the sum of their
+remaining growth is approximately normal (many independent requests), so mean + z·std of the sum is
+that quantile. Engine preemption recomputes whole prompts; not causing it is cheaper than any order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+
+from sagesched.scheduling.types import PodView
+
+
+@dataclass
+class PodLoad:
+    """A pod's in-flight requests (ours), summed: expected remaining KV growth (tokens), its
+    variance, prompts not yet in the cache, and expected remaining cost (pod-seconds)."""
+
+    growth_mean: float = 0.0
+    growth_var: float = 0.0
+    pending_prompt: float = 0.0
+    work: float = 0.0
+
+    def add(self, other: "PodLoad", sign: float = 1.0) -> None:
+        self.growth_mean += sign * other.growth_mean
+        self.growth_var += sign * other.growth_var
+        self.pending_prompt += sign * other.pending_prompt
+        self.work += sign * other.work
+
+
+@dataclass(frozen=True)
+class Admission:
+    memory_aware: bool = True
+    quantile: float = 0.9
+    engine_buffer: int = 4
+    prefill_tokens: int = 0  # 0 = no prefill gate
+
+    @property
+    def z(self) -> float:
+        return NormalDist().inv_cdf(self.quantile)
+
+    def has_room(self, pod: PodView) -> bool:
+        return (
+            pod.waiting < self.engine_buffer
+            and pod.outstanding < pod.profile.max_num_seqs + self.engine_buffer
+        )
+
+    def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
+        return self._prefill_fits(load, new) and self._memory_fits(pod, load, new)
+
+    def _prefill_fits(self, load: PodLoad, new: PodLoad) -> bool:
+        if self.prefill_tokens <= 0 or load.pending_prompt <= 0:
+            return True
+        return load.pending_prompt + new.pending_prompt <= self.prefill_tokens
+
+    def _memory_fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
+        """An empty pod always admits, so a request bigger than any forecast runs."""
+        if not self.memory_aware or not pod.inflight:
+            return True
+        need = (
+            load.pending_prompt + new.pending_prompt + load.growth_mean + new.growth_mean
+            + self.z * (load.growth_var + new.growth_var) ** 0.5
+        )
+        free = pod.profile.kv_capacity_tokens * (1.0 - pod.kv_usage)
+        return need <= free
+
+
+NO_ADMISSION = Admission(memory_aware=False)

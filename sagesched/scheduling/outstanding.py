@@ -1,0 +1,65 @@
+"""What an in-flight request still has to do: remaining tokens (mean, variance) and remaining cost.
+
+The admission check and the pod picker sum these over a pod's in-flight requests on every dispatch,
+so each request caches its numbers and recomputes them only when its attained length crosses the
+next step of a geometric ladder (~41% apart): conditioning moves slowly on a log grid, and a few
+percent of error in a remaining-work estimate does not change a decision.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sagesched.distribution import LengthDistribution
+from sagesched.scheduling.cost import CostPolynomial, capped_moments
+from sagesched.scheduling.gittins import conditioned
+
+_LADDER = 2.0**0.5
+_CACHE_LIMIT = 200_000
+
+
+def snap(attained: int) -> int:
+    """Largest ladder step ≤ attained (0 stays 0): the attained value the cache is keyed on."""
+    if attained <= 0:
+        return 0
+    return int(_LADDER ** math.floor(math.log(attained, _LADDER) + 1e-9))
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """Conditional totals given L > attained_snap: E[L], Var[L], E[cost(L)]."""
+
+    attained_snap: int
+    mean_len: float
+    var_len: float
+    mean_cost: float
+
+    def tokens(self, generated: int) -> float:
+        return max(self.mean_len - generated, 0.0)
+
+    def cost(self, poly: CostPolynomial, generated: int) -> float:
+        return max(self.mean_cost - poly.spent(generated), 0.0)
+
+
+_moments: dict[tuple[int, int, int], tuple[LengthDistribution, float, float]] = {}
+
+
+def _length_moments(dist: LengthDistribution, cap: int, s: int) -> tuple[float, float]:
+    """E[L], E[L²] given L > s, capped. Keyed by the distribution's identity (predictors hand out
+    one object per context until new evidence arrives), so many requests share one computation;
+    the entry holds the object so its id cannot be reused while cached."""
+    key = (id(dist), cap, s)
+    hit = _moments.get(key)
+    if hit is None:
+        if len(_moments) > _CACHE_LIMIT:
+            _moments.clear()
+        p, m1, m2, _ = capped_moments(conditioned(dist, s), max(cap, s + 1))
+        hit = _moments[key] = (dist, float(p @ m1), float(p @ m2))
+    return hit[1], hit[2]
+
+
+def remaining(dist: LengthDistribution, poly: CostPolynomial, cap: int, generated: int) -> Remaining:
+    """Expected cost is linear in (E[L], E[L²]) — exact from the cached moments for any prompt."""
+    s = snap(generated)
+    m1, m2 = _length_moments(dist, cap, s)
+    return Remaining(s, m1, max(m2 - m1 * m1, 0.0), float(poly.expected(m1, m2)))

@@ -1,0 +1,61 @@
+"""The policy interface and its registry.
+
+A policy answers two questions: in what order do waiting requests leave the central queue (`rank`,
+lower first), and which of the pods that can take a request gets it (`choose`). Anchor routers have
+no central queue (`central_queue = False`): they dispatch on arrival and the engine's own FCFS queue
+does the ordering.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sagesched.distribution import LengthDistribution
+from sagesched.scheduling.cost import CostPolynomial
+from sagesched.scheduling.picker import max_score_picker
+from sagesched.scheduling.types import PodView, SchedRequest
+
+
+@dataclass
+class PickContext:
+    """What the Scheduler lends a policy for one pick: expected outstanding work per pod (pod-seconds
+    of its in-flight requests, conditioned on tokens streamed), the request's expected cost on a pod,
+    and a counter for round-robin tie-breaking."""
+
+    work: Callable[[PodView], float]
+    cost_on: Callable[[PodView], float]
+    tick: int
+
+
+class Policy:
+    name: ClassVar[str] = ""
+    central_queue: ClassVar[bool] = True
+
+    def distribution_for(self, req: SchedRequest) -> LengthDistribution:
+        """The length distribution this policy believes (the oracle swaps in the truth)."""
+        return req.distribution
+
+    def rank(self, req: SchedRequest, poly: CostPolynomial) -> float:
+        """Queue rank in pod-seconds (lower leaves first); aging is added by the queue."""
+        return 0.0
+
+    def choose(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> PodView:
+        """Default picker: the pod where the request is expected to finish soonest — least
+        outstanding work plus its own cost there."""
+        scores = [-(ctx.work(p) + ctx.cost_on(p)) for p in pods]
+        return max_score_picker(pods, scores, ctx.tick)
+
+
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    POLICIES[cls.name] = cls
+    return cls
+
+
+def make_policy(name: str, **params: float) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    return POLICIES[name](**params)

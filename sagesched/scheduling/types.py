@@ -1,0 +1,79 @@
+"""The two objects the scheduling core reasons about: a request and a pod as the router sees them.
+
+Both the live router and the simulator build these; nothing here knows whether the clock is real.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sagesched.distribution import LengthDistribution
+from sagesched.engine.profile import StepTimeProfile
+
+
+@dataclass(eq=False)
+class SchedRequest:
+    """One request from intake to completion.
+
+    `generated` is the attained service in tokens (what has streamed back so far); the policy
+    conditions the predicted distribution on it. `true_output_tokens` exists only where it is
+    known ahead (simulator, oracle policy); the live router leaves it None.
+    """
+
+    request_id: str
+    model: str
+    prompt_tokens: int
+    arrival: float
+    distribution: LengthDistribution
+    max_tokens: int | None = None
+    priority: int = 0  # client hint: lower is more urgent; requests of a lower hint always go first
+    generated: int = 0
+    true_output_tokens: int | None = None
+    pod: str | None = None
+    dispatched_at: float | None = None
+    # set by the Scheduler: the policy's rank (expected cost per completion, pod-seconds)
+    rank: float = 0.0
+    engine_priority: int = 0
+
+    @property
+    def output_cap(self) -> int:
+        """Hard upper bound on the output length (max_tokens or the grid's maximum)."""
+        return int(self.max_tokens or self.distribution.grid.max_length)
+
+
+@dataclass
+class PodView:
+    """What the scheduler may know about a pod at one instant.
+
+    `kv_usage`, `num_running`, `num_waiting` are engine-reported (possibly scraped a while ago:
+    `stale` says the snapshot is too old to trust, and such a pod takes nothing new). `inflight`
+    is filled by the Scheduler from its own accounting of requests it sent there; callers leave it.
+    """
+
+    name: str
+    models: tuple[str, ...]
+    profile: StepTimeProfile
+    kv_usage: float = 0.0
+    num_running: int = 0
+    num_waiting: int = 0
+    healthy: bool = True
+    stale: bool = False
+    inflight: list[SchedRequest] = field(default_factory=list)
+
+    @property
+    def eligible(self) -> bool:
+        return self.healthy and not self.stale
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+    @property
+    def outstanding(self) -> int:
+        """Requests at the engine as far as we can tell: the larger of its report and our count
+        (reports lag dispatches; our count misses other routers' requests)."""
+        return max(self.num_running + self.num_waiting, len(self.inflight))
+
+    @property
+    def waiting(self) -> int:
+        """Requests the engine has not started decoding: its report, or ours that have streamed
+        nothing yet (prefilling or queued there), whichever is larger — reports lag dispatches."""
+        return max(self.num_waiting, sum(1 for r in self.inflight if r.generated <= 0))

@@ -1,17 +1,21 @@
-"""Request traces: arrival times and prompt/output lengths (Azure LLM inference trace 2023).
+"""Request traces: arrival times and prompt/output lengths.
 
-The files live outside the repository (../shared/data/azure-llm-2023/ next to the checkout);
-SAGESCHED_DATA_DIR points elsewhere (the folder that holds azure-llm-2023/).
+Two sources: the Azure LLM inference trace 2023 (../shared/data/azure-llm-2023/ next to the checkout;
+SAGESCHED_DATA_DIR points elsewhere: the folder that holds azure-llm-2023/), and predictor exports
+(`.npz` from `sagesched predictor export`: held-out ShareGPT requests with the predictor's own
+distribution for each, so the simulator can schedule on real predictions).
 """
 from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from sagesched.distribution import LengthDistribution, LengthGrid, grid
 
 TRACES = ("conv", "code")
 
@@ -31,12 +35,23 @@ class Trace:
     arrivals: np.ndarray
     prompts: np.ndarray
     outputs: np.ndarray
+    # per-request predicted length probabilities (n x bins) on `grid`, when the trace carries them
+    predicted: np.ndarray | None = None
+    grid: LengthGrid | None = None
 
     def __len__(self) -> int:
         return len(self.arrivals)
 
     def slice(self, start: int, stop: int) -> "Trace":
-        return Trace(self.name, self.arrivals[start:stop], self.prompts[start:stop], self.outputs[start:stop])
+        cut = None if self.predicted is None else self.predicted[start:stop]
+        return replace(self, arrivals=self.arrivals[start:stop], prompts=self.prompts[start:stop],
+                       outputs=self.outputs[start:stop], predicted=cut)
+
+    def prediction(self, i: int) -> LengthDistribution:
+        """The predictor's distribution for request i (only for traces exported with predictions)."""
+        if self.predicted is None or self.grid is None:
+            raise ValueError(f"trace {self.name!r} carries no predicted distributions")
+        return LengthDistribution(self.predicted[i], self.grid)
 
     def split(self, history_fraction: float) -> tuple["Trace", "Trace"]:
         """Earlier part (history a predictor may learn from), later part (replayed). In time, not
@@ -51,7 +66,19 @@ def _seconds(stamp: str) -> float:
     return datetime.fromisoformat(head).timestamp() + float("0." + (frac or "0"))
 
 
+def load_predicted_replay(path: Path) -> Trace:
+    """A predictor export (`sagesched predictor export`): prompts, true outputs and the predictor's
+    distribution per request, with no arrival times (replay it with synthetic arrivals)."""
+    data = np.load(path)
+    n = len(data["prompt_tokens"])
+    return Trace(path.stem, np.arange(n, dtype=np.float64), data["prompt_tokens"].astype(np.int64),
+                 data["true_output_tokens"].astype(np.int64), data["probs"],
+                 grid(int(data["grid_num_bins"]), int(data["grid_max_length"])))
+
+
 def load_trace(name: str) -> Trace:
+    if name.endswith(".npz"):
+        return load_predicted_replay(Path(name))
     path = Path(name) if name.endswith(".csv") else data_dir() / "azure-llm-2023" / f"{name}.csv"
     if not path.exists():
         raise FileNotFoundError(f"trace {path} not found (set SAGESCHED_DATA_DIR)")

@@ -39,12 +39,17 @@ class PodLoad:
         self.work += sign * other.work
 
 
+PREFILL_KNEES = 4.0
+
+
 @dataclass(frozen=True)
 class Admission:
     memory_aware: bool = True
     quantile: float = 0.9
     engine_buffer: int = 4
-    prefill_tokens: int = 0  # 0 = no prefill gate
+    # Prompt tokens a pod may have waiting for prefill; None = auto (PREFILL_KNEES x the pod's knee,
+    # where prefill turns compute-bound), 0 = no prefill gate.
+    prefill_tokens: int | None = None
 
     @property
     def z(self) -> float:
@@ -57,12 +62,19 @@ class Admission:
         )
 
     def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
-        return self._prefill_fits(load, new) and self._memory_fits(pod, load, new)
+        return self._prefill_fits(pod, load, new) and self._memory_fits(pod, load, new)
 
-    def _prefill_fits(self, load: PodLoad, new: PodLoad) -> bool:
-        if self.prefill_tokens <= 0 or load.pending_prompt <= 0:
+    def prefill_budget(self, pod: PodView) -> int:
+        if self.prefill_tokens is not None:
+            return self.prefill_tokens
+        knee = pod.profile.base_s / pod.profile.per_token_s  # below it, the weights' read dominates
+        return int(round(PREFILL_KNEES * knee))
+
+    def _prefill_fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
+        budget = self.prefill_budget(pod)
+        if budget <= 0 or load.pending_prompt <= 0:
             return True
-        return load.pending_prompt + new.pending_prompt <= self.prefill_tokens
+        return load.pending_prompt + new.pending_prompt <= budget
 
     def _memory_fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
         """An empty pod always admits, so a request bigger than any forecast runs."""
@@ -76,4 +88,4 @@ class Admission:
         return need <= free
 
 
-NO_ADMISSION = Admission(memory_aware=False)
+NO_ADMISSION = Admission(memory_aware=False, prefill_tokens=0)

@@ -1,0 +1,116 @@
+"""The operator, driven through kopf against kmock's Kubernetes API double, real Redis, real HTTP."""
+from __future__ import annotations
+
+from tests.operator.conftest import eventually, pod_body, policy_body
+
+POLICY_URL = "/apis/sagesched.io/v1alpha1/namespaces/ns/sageschedpolicies"
+PODS_URL = "/api/v1/namespaces/ns/pods"
+
+
+def _policy(k8s, name: str):
+    for (resource, ns, obj_name), obj in k8s.objects.items():
+        if resource.plural == "sageschedpolicies" and (ns, obj_name) == ("ns", name) and not obj.deleted:
+            return obj
+    return None
+
+
+def _status(k8s, name: str) -> dict:
+    obj = _policy(k8s, name)
+    return dict(obj.get("status", {}) or {}) if obj is not None else {}
+
+
+def _condition(k8s, name: str, type_: str) -> dict:
+    return next((c for c in _status(k8s, name).get("conditions", []) if c["type"] == type_), {})
+
+
+def _events(k8s, reason: str) -> list[dict]:
+    return [obj for (resource, _, _), obj in k8s.objects.items()
+            if resource.plural == "events" and obj.get("reason") == reason]
+
+
+async def _pod_names(store, policy: str = "ns/p1") -> list[str]:
+    return [s.name for s in await store.list(policy=policy)]
+
+
+async def test_created_policy_gets_status_with_scraped_pods(operator, k8s, pod_metrics):
+    await pod_metrics.add_pod("127.0.0.2", running=3, waiting=1, kv=0.5)
+    await k8s.post(PODS_URL, json=pod_body("pod-a", ip="127.0.0.2"))
+    await k8s.post(POLICY_URL, json=policy_body("p1", pod_metrics.port))
+
+    await eventually(lambda: _status(k8s, "p1").get("readyPods") == 1
+                     and _condition(k8s, "p1", "InvalidSpec").get("status") == "False")
+    status = _status(k8s, "p1")
+    assert status["observedGeneration"] == 1
+    pod = status["pods"][0]
+    assert pod["name"] == "pod-a" and pod["address"] == "127.0.0.2:8000"
+    assert (pod["running"], pod["waiting"], pod["kvCacheUsage"]) == (3, 1, 0.5)
+    assert _condition(k8s, "p1", "Ready")["status"] == "True"
+    snap = await operator.store.get("ns/p1", "pod-a")
+    assert snap is not None and snap.num_running == 3 and snap.kv_capacity_tokens == 16 * 2048
+    assert snap.models == ["m"] and snap.policy == "p1" and snap.namespace == "ns"
+    await eventually(lambda: _events(k8s, "Accepted") and _events(k8s, "PodAdded"))
+
+
+async def test_pods_coming_and_going_change_the_snapshots_in_redis(operator, k8s, pod_metrics):
+    await k8s.post(POLICY_URL, json=policy_body("p1", pod_metrics.port))
+    await eventually(lambda: _condition(k8s, "p1", "Degraded").get("reason") == "NoPods")
+
+    for i, ip in enumerate(["127.0.0.3", "127.0.0.4"]):
+        await pod_metrics.add_pod(ip, running=i)
+        await k8s.post(PODS_URL, json=pod_body(f"pod-{i}", ip=ip))
+    # Not selected (other labels) and not ready: neither may show up.
+    await k8s.post(PODS_URL, json=pod_body("other", ip="127.0.0.5", labels={"app": "else"}))
+    await k8s.post(PODS_URL, json=pod_body("starting", ip="127.0.0.6", ready=False))
+    await eventually(lambda: _pod_sorted(operator.store, ["pod-0", "pod-1"]))
+
+    await k8s.delete(f"{PODS_URL}/pod-0")
+    await eventually(lambda: _pod_sorted(operator.store, ["pod-1"]))
+    await eventually(lambda: _events(k8s, "PodRemoved"))
+    # The pod changes address (e.g. restarted elsewhere): the snapshot follows it.
+    await pod_metrics.add_pod("127.0.0.7", running=9)
+    await k8s.patch(f"{PODS_URL}/pod-1", json={"status": {"podIP": "127.0.0.7"}})
+    snap = await eventually(lambda: _snap_at(operator.store, "pod-1", "127.0.0.7:8000"))
+    assert snap.num_running == 9
+
+
+async def _pod_sorted(store, expected: list[str]) -> bool:
+    return await _pod_names(store) == expected
+
+
+async def _snap_at(store, name: str, address: str):
+    snap = await store.get("ns/p1", name)
+    return snap if snap is not None and snap.address == address else None
+
+
+async def test_invalid_policy_gets_invalid_spec_condition_not_a_crash_loop(operator, k8s, pod_metrics):
+    both = policy_body("bad", pod_metrics.port, inferencePoolRef={"name": "pool"})
+    await k8s.post(POLICY_URL, json=both)
+    cond = await eventually(lambda: _condition(k8s, "bad", "InvalidSpec").get("status") == "True"
+                            and _condition(k8s, "bad", "InvalidSpec"))
+    assert cond["reason"] == "AmbiguousPods"
+    assert _condition(k8s, "bad", "Ready")["reason"] == "InvalidSpec"
+    await eventually(lambda: _events(k8s, "InvalidSpec"))  # kopf posts Events asynchronously
+    assert operator.running  # the operator keeps running
+
+
+async def test_restarted_operator_resumes_without_repeating_work(operator, k8s, pod_metrics):
+    await pod_metrics.add_pod("127.0.0.8")
+    await k8s.post(PODS_URL, json=pod_body("pod-a", ip="127.0.0.8"))
+    await k8s.post(POLICY_URL, json=policy_body("p1", pod_metrics.port))
+    await eventually(lambda: _status(k8s, "p1").get("readyPods") == 1
+                     and _condition(k8s, "p1", "InvalidSpec").get("status") == "False")
+    await eventually(lambda: _events(k8s, "Accepted") and _events(k8s, "PodAdded"))  # posted before the stop
+    await operator.stop()
+    before = await operator.store.get("ns/p1", "pod-a")
+
+    await operator.start()
+    await eventually(lambda: _newer(operator.store, before.scraped_at))
+    assert len(_events(k8s, "Accepted")) == 1  # the create handler did not run again
+    assert len(_events(k8s, "PodAdded")) == 1  # known pods came back from the status
+    assert not _events(k8s, "PodRemoved")
+    assert _status(k8s, "p1")["readyPods"] == 1
+
+
+async def _newer(store, scraped_at: float) -> bool:
+    snap = await store.get("ns/p1", "pod-a")
+    return snap is not None and snap.scraped_at > scraped_at

@@ -12,6 +12,8 @@ BENCH_MODULES: tuple[str, ...] = (
     "sagesched.predictor.cli",
     "sagesched.simulator.cli",
     "sagesched.bench.live",
+    "sagesched.operator.bench",
+    "sagesched.router.gateway.bench",
 )
 
 

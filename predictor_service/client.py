@@ -23,6 +23,11 @@ from sagesched.v1 import common_pb2, predictor_pb2, predictor_pb2_grpc
 
 Fallback = Callable[[PredictQuery], LengthDistribution]
 
+# gRPC's default reconnect backoff grows to 120 s: a predictor that restarts would be ignored (every
+# call falling back) for up to two minutes. Capped at 1 s, the router uses it again within a second.
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                     ("grpc.max_reconnect_backoff_ms", 1000)]
+
 
 @dataclass(frozen=True)
 class ClientSettings:
@@ -65,7 +70,7 @@ class PredictorClient:
                  channel: grpc.aio.Channel | None = None) -> None:
         self.settings = settings or ClientSettings()
         self.fallback = fallback
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._channel = channel or grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS)
         self._stub = predictor_pb2_grpc.PredictorStub(self._channel)
         self._pending: list[tuple[PredictQuery, asyncio.Future]] = []
         self._flush_handle: asyncio.TimerHandle | None = None

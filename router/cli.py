@@ -7,7 +7,7 @@ POLICY_CHOICES_HINT = "sagesched, fcfs, sjf-mean, round-robin, least-requests, l
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("router", help="the OpenAI-compatible router (HTTP + gRPC)",
+    p = subparsers.add_parser("router", help="the OpenAI-compatible router (HTTP + gRPC; ext_proc picker for gateways)",
                               description="Serve OpenAI /v1/chat/completions and /v1/completions (streaming) "
                                           "and gRPC sagesched.v1.Router, scheduling requests onto pods.")
     p.add_argument("--config", help="YAML file whose keys are RouterSettings fields (flags override it)")
@@ -18,6 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 50051; -1 disables)")
+    p.add_argument("--ext-proc-port", type=int, default=None,
+                   help="gateway mode: serve the Envoy ext_proc Endpoint Picker on this port (default 0 = off)")
+    p.add_argument("--ext-proc-fail-open", action="store_true", default=None,
+                   help="on a picker error let the request through unrouted instead of answering 503 "
+                        "(pairs with Envoy's failure_mode_allow, which covers an unreachable picker)")
     p.add_argument("--redis-url", default=None, help="read pod snapshots and keep history in this Redis")
     p.add_argument("--policy", default=None, help=f"scheduling policy ({POLICY_CHOICES_HINT}); default sagesched")
     p.add_argument("--max-queue", type=int, default=None, help="queued requests per model before 429 (default 1024)")
@@ -26,6 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stale-after", type=float, default=None, help="pod metrics older than this are stale, s (5)")
     p.add_argument("--predictor", default=None, metavar="HOST:PORT", help="predictor service; unset = history only")
     p.add_argument("--predictor-deadline-ms", type=float, default=None, help="predictor deadline (default 5 ms)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest HTTP request body / gRPC message accepted (default 8 MiB; larger: 413)")
+    p.add_argument("--admin-token", default=None,
+                   help="token for the gRPC GetState admin call (env SAGESCHED_ADMIN_TOKEN; unset = call disabled)")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS and TLS gRPC (with --tls-key)")
+    p.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
+    p.add_argument("--connect-timeout", type=float, default=None, help="pod connect timeout, s (default 5)")
+    p.add_argument("--first-byte-timeout", type=float, default=None,
+                   help="streams: seconds until the pod's response headers (default 60)")
+    p.add_argument("--idle-timeout", type=float, default=None,
+                   help="streams: longest silence between the pod's events, s (default 60)")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run_router)
 
@@ -48,13 +64,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
+    import os
+
     from .settings import Backend, RouterSettings
 
     overrides = {
         "host": args.host, "port": args.port, "redis_url": args.redis_url, "policy": args.policy,
         "max_queue_per_model": args.max_queue, "queue_timeout_s": args.queue_timeout,
         "scrape_interval_s": args.scrape_interval, "snapshot_max_age_s": args.stale_after,
-        "predictor_address": args.predictor,
+        "predictor_address": args.predictor, "ext_proc_port": args.ext_proc_port,
+        "max_body_bytes": args.max_body_bytes, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "admin_token": args.admin_token or os.environ.get("SAGESCHED_ADMIN_TOKEN") or None,
+        "connect_timeout_s": args.connect_timeout, "first_byte_timeout_s": args.first_byte_timeout,
+        "idle_timeout_s": args.idle_timeout,
+        "ext_proc_fail_open": args.ext_proc_fail_open,
         "predictor_deadline_s": None if args.predictor_deadline_ms is None else args.predictor_deadline_ms / 1000,
     }
     if args.grpc_port is not None:
@@ -76,6 +99,8 @@ def run_router(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
     if not settings.backends and not settings.redis_url:
         raise SystemExit("no pods: pass --backend URL (repeatable), --config, or --redis-url")
     _install_uvloop()

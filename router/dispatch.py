@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 
 from sagesched.scheduling.types import SchedRequest
 
@@ -38,6 +38,9 @@ class Dispatcher:
         self._task: asyncio.Task | None = None
         self.decision_seconds: list[float] = []  # kept only when a benchmark asks (see record_decisions)
         self.record_decisions = False
+        # Loop times of each model's recent finishes: their rate is how fast its queue drains, which
+        # is what a refused client should wait for (Retry-After), rather than a fixed guess.
+        self._finishes: dict[str, deque[float]] = {}
         pods.on_change = self.wake
 
     def start(self) -> None:
@@ -59,10 +62,10 @@ class Dispatcher:
     def enqueue(self, req: LiveRequest) -> None:
         """Admit `req` to the queue of its model, or refuse it (429 full, 503 no pods)."""
         assert req.distribution is not None
-        if not any(req.model in p.models and p.reachable for p in self.pods.pods.values()):
+        if not self.has_pod(req.model):
             raise no_pods(req.model)
         if self.depth[req.model] >= self.settings.max_queue_per_model:
-            raise queue_full(req.model, self.settings.retry_after_s)
+            raise queue_full(req.model, self.retry_after(req.model))
         req.sched = SchedRequest(
             request_id=req.id, model=req.model, prompt_tokens=req.prompt_tokens, arrival=req.arrival,
             distribution=req.distribution, max_tokens=req.max_tokens, priority=req.priority,
@@ -72,6 +75,10 @@ class Dispatcher:
         self.waiting[req.id] = req
         self._set_depth(req.model, +1)
         self.wake()
+
+    def has_pod(self, model: str) -> bool:
+        """Some pod serving `model` is reachable and not ejected (it may still be busy)."""
+        return any(model in p.models and p.reachable and not p.ejected for p in self.pods.pods.values())
 
     async def wait_dispatched(self, req: LiveRequest) -> PodEntry:
         """Until the policy sends `req` to a pod; 504 after the queue timeout. A cancelled waiter
@@ -86,6 +93,29 @@ class Dispatcher:
         except asyncio.CancelledError:
             self._withdraw(req)
             raise
+
+    def retry_after(self, model: str) -> float:
+        """Seconds until a full queue of `model` has room again at its recent drain rate (at least
+        `retry_after_s`, at most the queue timeout: waiting longer could not help)."""
+        done = self._finishes.get(model)
+        if not done or len(done) < 2:
+            return self.settings.retry_after_s
+        span = asyncio.get_running_loop().time() - done[0]
+        rate = len(done) / span if span > 0 else float("inf")
+        return min(max(self.settings.retry_after_s, self.depth[model] / rate), self.settings.queue_timeout_s)
+
+    async def redispatch(self, req: LiveRequest) -> PodEntry:
+        """`req`'s pod failed before sending anything: free that placement and queue it again (it
+        keeps its arrival time, so its place and aging) for the policy to place anew."""
+        self.finish(req)
+        req.pod, req.dispatched_at = None, None
+        req.dispatched = asyncio.get_running_loop().create_future()
+        assert req.sched is not None
+        self.scheduler.submit(req.sched, req.arrival)
+        self.waiting[req.id] = req
+        self._set_depth(req.model, +1)
+        self.wake()
+        return await self.wait_dispatched(req)
 
     def _withdraw(self, req: LiveRequest) -> bool:
         """Take a waiting request out of the queue; False if it was dispatched meanwhile."""
@@ -144,7 +174,9 @@ class Dispatcher:
         if self.running.pop(req.id, None) is None:
             self._withdraw(req)
             return
-        self.scheduler.on_finish(req.id, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        self.scheduler.on_finish(req.id, now)
+        self._finishes.setdefault(req.model, deque(maxlen=64)).append(now)
         if req.pod is not None:
             req.pod.inflight.discard(req.id)
             req.pod.delta -= 1

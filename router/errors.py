@@ -62,8 +62,22 @@ def no_pods(model: str) -> RouterError:
                        type="service_unavailable_error", code="no_pods")
 
 
-def upstream_error(message: str, status: int = 502) -> RouterError:
-    return RouterError(status, message, kind="upstream", type="upstream_error", code="upstream_error")
+def upstream_error(message: str, status: int = 502, kind: str = "upstream") -> RouterError:
+    return RouterError(status, message, kind=kind, type="upstream_error", code="upstream_error")
+
+
+def upstream_connection_error(message: str) -> RouterError:
+    """The connection to the pod failed or broke (as opposed to the pod answering with an error)."""
+    return upstream_error(message, kind="upstream_connection")
+
+
+def pod_failed(status: int, body: bytes) -> RouterError:
+    """A pod answered 5xx: the client gets 502 with the pod's message (bounded)."""
+    return upstream_error(f"pod answered {status}: {body.decode(errors='replace')[:300]}")
+
+
+def upstream_timeout(message: str) -> RouterError:
+    return RouterError(504, message, kind="upstream_timeout", type="timeout_error", code="upstream_timeout")
 
 
 def internal_error(message: str) -> RouterError:

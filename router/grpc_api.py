@@ -5,15 +5,17 @@ generated type); the pod is always streamed from, so token accounting works for 
 """
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
 from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
 
-from .errors import RouterError, bad_request, upstream_error
+from .errors import RouterError, bad_request, pod_failed, upstream_error
 from .parse import parse_request
 from .pipeline import Router
 from .request import Api, LiveRequest
@@ -36,6 +38,8 @@ def to_openai(msg: router_pb2.GenerateRequest) -> tuple[Api, dict]:
             extra = json.loads(msg.extra_json)
         except ValueError as exc:
             raise bad_request(f"extra_json is not JSON: {exc}", param="extra_json") from None
+        except RecursionError:
+            raise bad_request("extra_json is nested too deeply", param="extra_json") from None
         if not isinstance(extra, dict):
             raise bad_request("extra_json must be a JSON object", param="extra_json")
         body.update(extra)
@@ -93,24 +97,35 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, router: Router) -> None:
         self.router = router
 
+    async def _authorize_admin(self, context) -> None:
+        """GetState exposes pod addresses and load: off unless an admin token is configured, and
+        then only for callers presenting it (compared in constant time)."""
+        token = self.router.settings.admin_token
+        if not token:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "admin API disabled (no --admin-token)")
+        presented = dict(context.invocation_metadata() or ()).get("authorization", "")
+        if not hmac.compare_digest(presented.encode(), f"Bearer {token}".encode()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "admin token required")
+
     async def _chunks(self, msg: router_pb2.GenerateRequest, context) -> AsyncIterator[tuple[LiveRequest, str]]:
         router = self.router
         model = msg.model
         try:
             api, body = to_openai(msg)
             req = parse_request(api, body, router.now(), msg.request_id or None)
-            async with router.serve(req) as pod:
-                async with router.upstream.open(req, pod, router.engine_priority(req)) as resp:
-                    if resp.status != 200:
-                        req.finish_reason = "error"
-                        raw = await resp.read()
-                        raise RouterError(resp.status, raw.decode(errors="replace")[:500], kind="upstream",
-                                          type="upstream_error")
-                    async for event in router.upstream.events(req, resp, router.now, lambda: router.on_token(req)):
-                        text = _delta_text(api, event)
-                        if text:
-                            yield req, text
-                    req.finished_at = router.now()
+            async with router.open(req) as resp:
+                if resp.status != 200:
+                    req.finish_reason = "error"
+                    raw = await resp.read()
+                    if resp.status >= 500:
+                        raise pod_failed(resp.status, raw)
+                    raise RouterError(resp.status, raw.decode(errors="replace")[:500], kind="pod_refused",
+                                      type="upstream_error")
+                async for event in router.upstream.events(req, resp, router.now, lambda: router.on_token(req)):
+                    text = _delta_text(api, event)
+                    if text:
+                        yield req, text
+                req.finished_at = router.now()
             yield req, ""
         except RouterError as err:
             router.metrics.errors.labels(err.kind).inc()
@@ -136,6 +151,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                                                usage=_usage(req), pod=req.pod.name if req.pod else "")
 
     async def GetState(self, request, context):
+        await self._authorize_admin(context)
         router = self.router
         now = router.now()
         views = {v.name: v for v in router.pods.views()}
@@ -157,17 +173,25 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
 
 async def start_grpc(router: Router, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """The Router service with the standard health service and reflection."""
+    """The Router service with the standard health service and reflection; TLS when the settings
+    name a certificate and key; messages beyond `max_body_bytes` are refused by gRPC itself."""
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
-    server = grpc.aio.server()
+    limit = router.settings.max_body_bytes
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit)])
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
     reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    settings = router.settings
+    if settings.tls_cert and settings.tls_key:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())])
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

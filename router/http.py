@@ -6,10 +6,10 @@ Routes: POST /v1/chat/completions, POST /v1/completions (streaming and not), GET
 from __future__ import annotations
 
 import asyncio
-import aiohttp
+
 from aiohttp import web
 
-from .errors import RouterError, internal_error, upstream_error
+from .errors import RouterError, internal_error, pod_failed
 from .parse import parse_body, parse_request
 from .pipeline import Router
 from .request import Api, LiveRequest
@@ -39,6 +39,10 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
         router.metrics.errors.labels("cancelled").inc()
         router.metrics.requests.labels(model, "499").inc()
         raise
+    except web.HTTPException as exc:  # e.g. 413 from the body size limit: the middleware shapes it
+        router.metrics.errors.labels("bad_request").inc()
+        router.metrics.requests.labels(model, str(exc.status)).inc()
+        raise
     except Exception as exc:
         return error_response(router, internal_error(f"{exc.__class__.__name__}: {exc}"), model)
     router.metrics.requests.labels(model, str(response.status)).inc()
@@ -46,12 +50,15 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
 
 
 async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.StreamResponse:
-    async with router.serve(req) as pod:
-        async with router.upstream.open(req, pod, router.engine_priority(req)) as resp:
-            if resp.status != 200:  # the pod refused it: its error goes to the client as is
+    out: web.StreamResponse | None = None
+    try:
+        async with router.open(req) as resp:
+            if resp.status != 200:
                 req.finish_reason = "error"
-                req.status = resp.status
                 raw = await resp.read()
+                if resp.status >= 500:  # the pod failed: a bad gateway for the client, never our own 500
+                    raise pod_failed(resp.status, raw)
+                req.status = resp.status  # the pod refused the request: its error goes back as is
                 router.metrics.errors.labels("upstream").inc()
                 return web.Response(body=raw, status=resp.status, content_type="application/json")
             if not req.stream:
@@ -60,25 +67,34 @@ async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.
                 return web.Response(body=raw, content_type="application/json")
             out = web.StreamResponse(headers=SSE_HEADERS)
             await out.prepare(request)
-            try:
-                async for event in router.upstream.events(req, resp, router.now, lambda: router.on_token(req)):
-                    await out.write(event)
-            except RouterError as err:  # headers are gone already: report in-band, as OpenAI does
-                req.finish_reason = "error"
-                router.metrics.errors.labels(err.kind).inc()
-                await out.write(b"data: " + err.to_bytes() + b"\n\n")
-            except ConnectionResetError:  # the client left mid-stream; leaving aborts the pod's request
-                req.finish_reason = "abort"
-                router.metrics.errors.labels("cancelled").inc()
-                return out
-            except aiohttp.ClientError as exc:
-                req.finish_reason = "error"
-                err = upstream_error(f"pod {pod.name} stream broke: {exc}")
-                router.metrics.errors.labels(err.kind).inc()
-                await out.write(b"data: " + err.to_bytes() + b"\n\n")
+            async for event in router.upstream.events(req, resp, router.now, lambda: router.on_token(req)):
+                await out.write(event)
             req.finished_at = router.now()
-            await out.write_eof()
-            return out
+    except RouterError as err:
+        if out is None:
+            raise
+        # Headers are gone already: report in-band, as OpenAI does, then end the stream.
+        req.finish_reason = "error"
+        router.metrics.errors.labels(err.kind).inc()
+        await _end_stream(out, b"data: " + err.to_bytes() + b"\n\n")
+        return out
+    except ConnectionResetError:  # the client left mid-stream; leaving aborts the pod's request
+        req.finish_reason = "abort"
+        router.metrics.errors.labels("cancelled").inc()
+        return out or web.Response(status=499)
+    if out is not None:
+        await _end_stream(out, b"")
+    return out
+
+
+async def _end_stream(out: web.StreamResponse, last: bytes) -> None:
+    """Write the last bytes and close the stream; a client that already left changes nothing."""
+    try:
+        if last:
+            await out.write(last)
+        await out.write_eof()
+    except ConnectionResetError:
+        pass
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -130,7 +146,7 @@ async def openai_errors(request: web.Request, handler):
 
 
 def build_app(router: Router) -> web.Application:
-    app = web.Application(middlewares=[openai_errors], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[openai_errors], client_max_size=router.settings.max_body_bytes)
     app[ROUTER_KEY] = router
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)

@@ -22,6 +22,8 @@ ERRORS = "sagesched_errors_total"
 REQUESTS = "sagesched_requests_total"
 DECISION_LATENCY = "sagesched_dispatch_decision_seconds"
 INFLIGHT = "sagesched_inflight_requests"
+POD_EJECTIONS = "sagesched_pod_ejections_total"
+HISTORY_DROPPED = "sagesched_history_dropped_total"
 
 HELP = {
     QUEUE_DEPTH: "Requests waiting in the router's admission queue.",
@@ -38,6 +40,8 @@ HELP = {
     REQUESTS: "Requests answered, by model and HTTP status code.",
     DECISION_LATENCY: "Duration of one scheduler dispatch pass.",
     INFLIGHT: "Requests this router has in flight on each pod.",
+    POD_EJECTIONS: "Times a pod was taken out of rotation after consecutive failed requests.",
+    HISTORY_DROPPED: "Completion records not written to the history store (store unreachable or backlog full).",
 }
 
 # Latency buckets from sub-millisecond router work up to multi-minute generations.
@@ -73,6 +77,8 @@ class RouterMetrics:
         self.decision_latency = Histogram(DECISION_LATENCY, HELP[DECISION_LATENCY], ["policy"],
                                           buckets=DECISION_BUCKETS, registry=r)
         self.inflight = Gauge(INFLIGHT, HELP[INFLIGHT], ["pod"], registry=r)
+        self.pod_ejections = Counter(POD_EJECTIONS.removesuffix("_total"), HELP[POD_EJECTIONS], ["pod"], registry=r)
+        self.history_dropped = Counter(HISTORY_DROPPED.removesuffix("_total"), HELP[HISTORY_DROPPED], registry=r)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of this registry and its content type."""

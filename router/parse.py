@@ -26,7 +26,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: keep the text ones
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return "".join(t for p in content if isinstance(p, dict) and isinstance(t := p.get("text"), str))
     return ""
 
 
@@ -44,6 +44,8 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:  # hostile nesting: the decoder recurses once per level
+        raise bad_request("Request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
     return body
@@ -86,6 +88,8 @@ def parse_request(api: Api, body: dict[str, Any], now: float, request_id: str | 
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise bad_request("`priority` must be an integer", param="priority")
     options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad_request("`stream_options` must be an object", param="stream_options")
     return LiveRequest(
         id=request_id or f"req-{uuid.uuid4().hex}",
         api=api,
@@ -98,5 +102,5 @@ def parse_request(api: Api, body: dict[str, Any], now: float, request_id: str | 
         priority=priority,
         arrival=now,
         arrival_unix=time.time(),
-        client_wants_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+        client_wants_usage=bool(options.get("include_usage")),
     )

@@ -13,8 +13,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+
+import aiohttp
 
 from sagesched.scheduling import HistoryEstimator, Scheduler, make_policy
 from sagesched.scheduling.priority import LOWER_FIRST
@@ -30,6 +32,10 @@ from .request import LiveRequest
 from .settings import RouterSettings
 
 log = logging.getLogger(__name__)
+
+# Completion records being written at once; beyond this the history store is not keeping up (or is
+# down and timing out) and further records are dropped and counted instead of held in memory.
+MAX_PENDING_RECORDS = 1024
 
 
 def make_scheduler(settings: RouterSettings) -> Scheduler:
@@ -93,15 +99,7 @@ class Router:
     @asynccontextmanager
     async def serve(self, req: LiveRequest) -> AsyncIterator[PodEntry]:
         """predict → enqueue → dispatch; yields the pod. On exit: free the slot, record."""
-        if not self.pods.serves(req.model):
-            raise unknown_model(req.model)
-        await self.predictor.predict(req)
-        self.dispatcher.enqueue(req)
-        try:
-            pod = await self.dispatcher.wait_dispatched(req)
-        except BaseException:
-            req.finish_reason = req.finish_reason or "abort"
-            raise
+        pod = await self.admit(req)
         try:
             yield pod
         except asyncio.CancelledError:
@@ -111,10 +109,65 @@ class Router:
             req.finish_reason = req.finish_reason or "error"
             raise
         finally:
-            if req.finished_at is None:
-                req.finished_at = self.now()
-            self.dispatcher.finish(req)
-            self._record(req)
+            self.release(req)
+
+    @asynccontextmanager
+    async def open(self, req: LiveRequest) -> AsyncIterator[aiohttp.ClientResponse]:
+        """`serve`, then connect to the pod: yields its response (headers read). A pod that fails
+        before answering — the connection fails or it answers 5xx — counts against its health
+        and, since the client has received nothing yet, the request goes back to the queue for
+        the policy to place again (up to `upstream_retries` times). Failures after that (the pod
+        dies mid-stream, goes silent) count too and propagate as `RouterError`s."""
+        async with self.serve(req) as pod:
+            for attempt in range(self.settings.upstream_retries + 1):
+                stack = AsyncExitStack()
+                try:
+                    resp = await stack.enter_async_context(self.upstream.open(req, pod, self.engine_priority(req)))
+                except RouterError as err:
+                    self.pods.record_failure(pod, unreachable=err.kind == "upstream_connection")
+                    last = attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
+                    if err.kind != "upstream_connection" or last:
+                        raise
+                else:
+                    last = attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
+                    if resp.status < 500 or last:
+                        break
+                    self.pods.record_failure(pod, unreachable=False)
+                    await stack.aclose()
+                log.info("request %s: pod %s failed before answering; dispatching again", req.id, pod.name)
+                pod = await self.dispatcher.redispatch(req)
+            if resp.status >= 500:
+                self.pods.record_failure(pod, unreachable=False)
+            try:
+                async with stack:  # converts the pod's connection errors into RouterErrors
+                    yield resp
+            except RouterError as err:  # only the connection's own faults: a 5xx was counted above
+                if err.kind in ("upstream_connection", "upstream_timeout"):
+                    self.pods.record_failure(pod, unreachable=err.kind == "upstream_connection")
+                raise
+            if resp.status < 500:
+                self.pods.record_success(pod)
+
+    async def admit(self, req: LiveRequest) -> PodEntry:
+        """predict → enqueue → dispatch: the pod the policy chose. Every admitted request must be
+        `release`d; split from `serve` because gateway mode admits and releases in different
+        ext_proc messages (Envoy, not this process, carries the bytes in between)."""
+        if not self.pods.serves(req.model):
+            raise unknown_model(req.model)
+        await self.predictor.predict(req)
+        self.dispatcher.enqueue(req)
+        try:
+            return await self.dispatcher.wait_dispatched(req)
+        except BaseException:
+            req.finish_reason = req.finish_reason or "abort"
+            raise
+
+    def release(self, req: LiveRequest) -> None:
+        """The request left its pod (done, failed or abandoned): free the slot, record."""
+        if req.finished_at is None:
+            req.finished_at = self.now()
+        self.dispatcher.finish(req)
+        self._record(req)
 
     def engine_priority(self, req: LiveRequest) -> int | None:
         """The priority an engine in priority mode gets for `req`: the core's translation of its
@@ -147,6 +200,9 @@ class Router:
             ttft_seconds=req.ttft or 0.0, e2e_seconds=req.ttlt or 0.0, completed_at_unix=time.time(),
             prompt=req.prompt_text,
         )
+        if len(self._background) >= MAX_PENDING_RECORDS:  # the store is stuck: drop, never queue unboundedly
+            self.metrics.history_dropped.inc()
+            return
         task = asyncio.create_task(self._persist(record))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -157,7 +213,8 @@ class Router:
             if self.predictor_client is not None and record.learnable:
                 await self.predictor_client.report([_predictor_record(record)])
         except Exception as exc:  # history is best effort: the answer already went out
-            log.warning("recording %s failed: %s", record.request_id, exc)
+            self.metrics.history_dropped.inc()
+            log.debug("recording %s failed: %s", record.request_id, exc.__class__.__name__)
 
 
 def _predictor_record(record: CompletionRecord):

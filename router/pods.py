@@ -44,6 +44,11 @@ class PodEntry:
     # Our dispatches minus our finishes since the snapshot was taken: a scrape is up to an interval
     # old, and a pod that just finished a request must not look full until the next one.
     delta: int = 0
+    # Consecutive failed requests (connect errors, 5xx); at `eject_after_failures` the pod is
+    # ejected: it takes nothing new until a health probe (static pods) or a fresh ready snapshot
+    # (store pods) readmits it.
+    failures: int = 0
+    ejected: bool = False
 
     @property
     def priority_mode(self) -> bool:
@@ -63,7 +68,7 @@ class PodEntry:
             kv_usage=snap.kv_cache_usage if snap else 0.0,
             num_running=running,
             num_waiting=waiting,
-            healthy=self.reachable and (snap.ready if snap else False),
+            healthy=self.reachable and not self.ejected and (snap.ready if snap else False),
             stale=stale,
         )
 
@@ -91,6 +96,11 @@ class PodSet:
         self._session: aiohttp.ClientSession | None = None
         self._ready = asyncio.Event()
         self._profiles: dict[str, StepTimeProfile] = {}
+        # When the store was last read successfully, while it is unreachable (None when it is fine):
+        # store pods' ages are judged at that instant, so a Redis outage does not make every pod
+        # stale — the router keeps serving from its last view, for up to `store_outage_grace_s`.
+        self._store_down_since: float | None = None
+        self._store_last_read = 0.0
         for backend in settings.backends:
             self.pods[backend.name] = self._entry_for(backend)
 
@@ -133,6 +143,10 @@ class PodSet:
     # --- static backends -----------------------------------------------------------------------
     async def _scrape_once(self, entry: PodEntry) -> None:
         assert self._session is not None
+        if entry.ejected:
+            async with self._session.get(f"{entry.base_url}/health") as resp:
+                resp.raise_for_status()
+            self.readmit(entry)
         if not entry.model_cards:
             async with self._session.get(f"{entry.base_url}/v1/models") as resp:
                 resp.raise_for_status()
@@ -172,13 +186,19 @@ class PodSet:
         while True:
             try:
                 snapshots = await self.store.list(policy=self.settings.store_policy)
+                if self._store_down_since is not None:
+                    log.info("pod store reachable again after %.1fs", time.time() - self._store_down_since)
+                self._store_down_since = None
+                self._store_last_read = time.time()
                 self._apply_snapshots(snapshots)
                 if not any(p.static for p in self.pods.values()):
                     self._ready.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("pod store read failed: %s", exc)
+                if self._store_down_since is None:
+                    self._store_down_since = time.time()
+                    log.warning("pod store read failed, serving the last pod view: %s", exc.__class__.__name__)
             self.on_change()
             await asyncio.sleep(self.settings.scrape_interval_s)
 
@@ -195,6 +215,8 @@ class PodSet:
                 continue  # a statically configured pod is scraped by us; ours is fresher
             if entry.snapshot is None or snap.scraped_at != entry.snapshot.scraped_at:
                 entry.delta = 0
+                if entry.ejected and snap.ready:
+                    self.readmit(entry)
             entry.snapshot = snap
             entry.models = tuple(snap.models)
             entry.reachable = snap.ready
@@ -206,12 +228,35 @@ class PodSet:
     def views(self) -> list[PodView]:
         now = time.time()
         max_age = self.settings.snapshot_max_age_s
+        store_now = now
+        if self._store_down_since is not None and now - self._store_down_since < self.settings.store_outage_grace_s:
+            store_now = self._store_last_read
         out = []
         for entry in self.pods.values():
             if entry.snapshot is not None:
                 self.metrics.pod_snapshot_age.labels(entry.name).set(entry.snapshot.age(now))
-            out.append(entry.view(now, max_age))
+            out.append(entry.view(now if entry.static else store_now, max_age))
         return out
+
+    # --- request outcomes ----------------------------------------------------------------------
+    def record_success(self, entry: PodEntry) -> None:
+        entry.failures = 0
+
+    def record_failure(self, entry: PodEntry, unreachable: bool) -> None:
+        """A request failed at `entry`. `unreachable` (the connection itself failed) also marks it
+        unreachable at once, so a retry goes elsewhere; the scrape loop sees it back when it is."""
+        entry.failures += 1
+        if unreachable and entry.static:
+            entry.reachable = False
+        if not entry.ejected and entry.failures >= self.settings.eject_after_failures:
+            entry.ejected = True
+            self.metrics.pod_ejections.labels(entry.name).inc()
+            log.warning("pod %s ejected after %d consecutive failures", entry.name, entry.failures)
+
+    def readmit(self, entry: PodEntry) -> None:
+        log.info("pod %s healthy again: readmitted", entry.name)
+        entry.ejected = False
+        entry.failures = 0
 
     def serves(self, model: str) -> bool:
         return any(model in e.models for e in self.pods.values())

@@ -8,6 +8,7 @@ Events are parsed as JSON only when they carry a finish reason or usage, so rela
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from .errors import upstream_error
+from .errors import upstream_connection_error, upstream_timeout
 from .pods import PodEntry
 from .request import LiveRequest
 from .settings import RouterSettings
@@ -50,7 +51,8 @@ class Upstream:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.settings.max_upstream_connections, limit_per_host=0,
                                          keepalive_timeout=60)
-        timeout = aiohttp.ClientTimeout(total=self.settings.upstream_timeout_s, sock_connect=5)
+        timeout = aiohttp.ClientTimeout(total=self.settings.upstream_timeout_s,
+                                        sock_connect=self.settings.connect_timeout_s)
         # The router adds no compression and no cookies; bodies go through as they are.
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                               cookie_jar=aiohttp.DummyCookieJar())
@@ -63,28 +65,53 @@ class Upstream:
     async def open(self, req: LiveRequest, pod: PodEntry, engine_priority: int | None
                    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The pod's response (headers read, body not yet). Leaving the block early closes the
-        connection, which is how an engine learns the client went away and aborts the request."""
+        connection, which is how an engine learns the client went away and aborts the request.
+
+        Raises `upstream_error` (502: the pod could not be reached or dropped the connection, the
+        request may be retried elsewhere) or `upstream_timeout` (504: it accepted but did not answer).
+        Streams get a first-byte bound and an idle bound (`sock_read`, per read) so a hung pod fails
+        the request; unary answers come only when the engine is done, so only the total applies."""
         assert self._session is not None
+        s = self.settings
+        options: dict[str, Any] = {}
+        if req.stream:
+            options["timeout"] = aiohttp.ClientTimeout(total=s.upstream_timeout_s, sock_connect=s.connect_timeout_s,
+                                                       sock_read=s.idle_timeout_s)
         try:
-            async with self._session.post(f"{pod.base_url}{req.api.path}",
-                                          json=upstream_body(req, pod, engine_priority)) as resp:
-                yield resp
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise upstream_error(f"pod {pod.name} failed: {exc.__class__.__name__}: {exc}") from None
+            async with asyncio.timeout(s.first_byte_timeout_s if req.stream else None):
+                resp = await self._session.post(f"{pod.base_url}{req.api.path}",
+                                                json=upstream_body(req, pod, engine_priority), **options)
+        except TimeoutError:
+            raise upstream_timeout(f"pod {pod.name} sent no response within the timeout") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise upstream_connection_error(f"pod {pod.name} failed: {exc.__class__.__name__}: {exc}") from None
+        try:
+            yield resp
+        except TimeoutError:  # sock_read or total: the pod went silent mid-answer
+            raise upstream_timeout(f"pod {pod.name} went silent mid-answer") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise upstream_connection_error(f"pod {pod.name} failed: {exc.__class__.__name__}: {exc}") from None
+        finally:
+            resp.release()  # back to the pool when fully read, otherwise the connection is closed
 
     async def unary(self, req: LiveRequest, resp: aiohttp.ClientResponse) -> bytes:
         """A non-streaming answer: its body, with usage and finish reason taken into `req`."""
         raw = await resp.read()
         if resp.status == 200:
-            try:
-                data = json.loads(raw)
-                usage = data.get("usage") or {}
-                req.usage = usage
-                req.output_tokens = int(usage.get("completion_tokens", 0))
-                req.finish_reason = (data.get("choices") or [{}])[0].get("finish_reason") or ""
-            except (ValueError, AttributeError, IndexError, TypeError):
-                req.finish_reason = "error"
+            self.account_unary(req, raw)
         return raw
+
+    @staticmethod
+    def account_unary(req: LiveRequest, raw: bytes) -> None:
+        """Usage and finish reason of a complete non-streaming answer, taken into `req`."""
+        try:
+            data = json.loads(raw)
+            usage = data.get("usage") or {}
+            req.usage = usage
+            req.output_tokens = int(usage.get("completion_tokens", 0))
+            req.finish_reason = (data.get("choices") or [{}])[0].get("finish_reason") or ""
+        except (ValueError, AttributeError, IndexError, TypeError):
+            req.finish_reason = "error"
 
     async def events(self, req: LiveRequest, resp: aiohttp.ClientResponse, now: Callable[[], float],
                      on_token: Callable[[], None]) -> AsyncIterator[bytes]:
@@ -97,14 +124,14 @@ class Upstream:
                 if end < 0:
                     break
                 event, buf = buf[:end + 2], buf[end + 2:]
-                if self._account(req, event, now, on_token):
+                if self.account(req, event, now, on_token):
                     yield event
         if buf.strip():
-            if self._account(req, buf, now, on_token):
+            if self.account(req, buf, now, on_token):
                 yield buf
 
-    def _account(self, req: LiveRequest, event: bytes, now: Callable[[], float],
-                 on_token: Callable[[], None]) -> bool:
+    @staticmethod
+    def account(req: LiveRequest, event: bytes, now: Callable[[], float], on_token: Callable[[], None]) -> bool:
         """Update `req` from one event; False for events the client did not ask for."""
         if event.startswith(_DONE):
             return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -25,13 +26,26 @@ class RouterServer:
         self.router: Router | None = None
         self._runner: web.AppRunner | None = None
         self._grpc = None
+        self._ext_proc: Any = None
         self.port: int | None = None
         self.grpc_port: int | None = None
+        self.ext_proc_port: int | None = None
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.settings.tls_cert and self.settings.tls_key)
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return context
 
     @property
     def grpc_target(self) -> str:
@@ -56,13 +70,20 @@ class RouterServer:
         # request leaves the queue and a streaming one aborts its upstream request.
         self._runner = web.AppRunner(build_app(self.router), handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=4096)
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=4096,
+                           ssl_context=self._ssl_context())
         await site.start()
         self.port = self._runner.addresses[0][1]
         if self.settings.grpc_port is not None:
             from .grpc_api import start_grpc
 
             self._grpc, self.grpc_port = await start_grpc(self.router, self.settings.host, self.settings.grpc_port)
+        if self.settings.ext_proc_port:
+            from .gateway.server import ExtProcServer
+
+            self._ext_proc = await ExtProcServer(self.router, self.settings.host, self.settings.ext_proc_port,
+                                                 self.settings.ext_proc_fail_open).start()
+            self.ext_proc_port = self._ext_proc.port
         return self
 
     def _predictor_client(self, kwargs: dict[str, Any]):
@@ -76,6 +97,8 @@ class RouterServer:
                                settings=ClientSettings(deadline_s=self.settings.predictor_deadline_s))
 
     async def stop(self) -> None:
+        if self._ext_proc is not None:
+            await self._ext_proc.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self._runner is not None:
@@ -96,10 +119,12 @@ class RouterServer:
 
 
 async def serve_forever(settings: RouterSettings) -> None:
+    log.info("starting router with %r", settings)  # the repr redacts the admin token and Redis password
     server = RouterServer(settings)
     await server.start()
-    log.info("router listening on %s (gRPC %s), policy %s, %d static pods", server.url,
-             server.grpc_target if server.grpc_port else "off", settings.policy, len(settings.backends))
+    log.info("router listening on %s (gRPC %s, ext_proc %s), policy %s, %d static pods", server.url,
+             server.grpc_target if server.grpc_port else "off", server.ext_proc_port or "off", settings.policy,
+             len(settings.backends))
     try:
         await asyncio.Event().wait()
     finally:

@@ -6,6 +6,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
+
+
+def redact_url(url: str | None) -> str | None:
+    """`url` with any password replaced by ***, for logs and reprs."""
+    if not url:
+        return url
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.rsplit("@", 1)[1]
+    user = f"{parsed.username}:" if parsed.username else ":"
+    return parsed._replace(netloc=f"{user}***@{netloc}").geturl()
+
 
 @dataclass
 class Backend:
@@ -37,12 +51,15 @@ class RouterSettings:
     host: str = "0.0.0.0"
     port: int = 8000
     grpc_port: int | None = 50051  # None disables the gRPC API; 0 picks a free port
+    ext_proc_port: int = 0  # gateway mode: Envoy ext_proc Endpoint Picker on this port; 0 = off
+    ext_proc_fail_open: bool = False  # picker failure lets the request through unrouted (Envoy's
+    # failure_mode_allow covers a picker that is down; this covers one that is up but failing)
     backends: list[Backend] = field(default_factory=list)
     redis_url: str | None = None  # pod snapshots + completion history shared through Redis
     store_policy: str | None = None  # read only the pods of this "<namespace>/<policy>"; None = all
     policy: str = "sagesched"
     policy_params: dict = field(default_factory=dict)
-    aging_rate: float = 0.002  # pod-seconds of rank forgiven per second waited (the scheduler's default)
+    aging_rate: float = DEFAULT_AGING_RATE  # pod-seconds of rank forgiven per second waited
     max_queue_per_model: int = 1024  # beyond this, 429 with Retry-After
     retry_after_s: float = 1.0
     queue_timeout_s: float = 120.0  # 504 when no pod takes the request within this
@@ -55,6 +72,28 @@ class RouterSettings:
     upstream_timeout_s: float = 900.0
     max_upstream_connections: int = 4096
     drain_timeout_s: float = 5.0
+    # Upstream faults. A pod that does not accept a connection within `connect_timeout_s`, or (for
+    # streams) sends no response headers within `first_byte_timeout_s` or goes silent for
+    # `idle_timeout_s` between events, fails the request instead of holding it forever. Non-streaming
+    # requests get no first-byte/idle bound (engines answer them only when done): `upstream_timeout_s`.
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 60.0
+    idle_timeout_s: float = 60.0
+    upstream_retries: int = 2  # re-dispatches of a request whose pod failed before sending anything
+    eject_after_failures: int = 3  # consecutive connect errors / 5xx before a pod takes nothing new
+    store_outage_grace_s: float = 300.0  # while the pod store is unreachable, serve the last view this long
+    # Hostile input and access.
+    max_body_bytes: int = 8 * 1024 * 1024  # HTTP request bodies and gRPC messages beyond this: 413 / INVALID
+    admin_token: str | None = None  # gRPC GetState needs `authorization: Bearer <token>`; None = GetState off
+    tls_cert: str | None = None  # PEM files; both set = HTTPS and a TLS gRPC port
+    tls_key: str | None = None
+
+    def __repr__(self) -> str:
+        """Settings get logged; the admin token and a Redis password must not be."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["admin_token"] = "***" if self.admin_token else None
+        shown["redis_url"] = redact_url(self.redis_url)
+        return f"RouterSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: object) -> "RouterSettings":

@@ -9,10 +9,10 @@ matter, so label sets are parsed only for lines whose metric name is wanted.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 from sagesched import engine_metrics as em
-from sagesched.state.snapshot import PodSnapshot
+from sagesched.state.snapshot import EngineLoad, PodSnapshot
 
 ENGINES = ("vllm", "sglang")
 
@@ -34,36 +34,19 @@ class MetricsParseError(ValueError):
     """The text is not Prometheus exposition text from a known engine."""
 
 
-@dataclass
-class PodMetrics:
-    """One scrape of one pod, engine-neutral. Gauges are summed over the engine's label sets
-    (data-parallel ranks, models), except KV usage, which takes the fullest rank."""
-
-    engine: str
-    models: list[str] = field(default_factory=list)
-    kv_cache_usage: float = 0.0
-    num_running: int = 0
-    num_waiting: int = 0
-    block_size: int | None = None
-    num_gpu_blocks: int | None = None
-    kv_capacity_tokens: int | None = None
-    prompt_tokens_total: float = 0.0
-    generation_tokens_total: float = 0.0
-    preemptions_total: float = 0.0
+@dataclass(kw_only=True)
+class PodMetrics(EngineLoad):
+    """One scrape of one pod. Gauges are summed over the engine's label sets (data-parallel ranks,
+    models), except KV usage, which takes the fullest rank."""
 
     def to_snapshot(self, *, name: str, address: str, namespace: str = "", policy: str = "",
                     ready: bool = True, scraped_at: float | None = None,
                     models: list[str] | None = None) -> PodSnapshot:
         """The snapshot routers read; `models` overrides the scraped model names (e.g. from a CR)."""
+        load = {f.name: getattr(self, f.name) for f in fields(EngineLoad)}
+        load["models"] = list(models if models else self.models)
         return PodSnapshot(
-            name=name, address=address, models=list(models if models else self.models),
-            engine=self.engine, ready=ready, namespace=namespace, policy=policy,
-            kv_cache_usage=self.kv_cache_usage, num_running=self.num_running,
-            num_waiting=self.num_waiting, block_size=self.block_size,
-            num_gpu_blocks=self.num_gpu_blocks, kv_capacity_tokens=self.kv_capacity_tokens,
-            prompt_tokens_total=self.prompt_tokens_total,
-            generation_tokens_total=self.generation_tokens_total,
-            preemptions_total=self.preemptions_total,
+            **load, name=name, address=address, ready=ready, namespace=namespace, policy=policy,
             scraped_at=time.time() if scraped_at is None else scraped_at,
         )
 

@@ -27,14 +27,25 @@ PRIORITY_HEADER = "x-sagesched-priority"
 
 
 class GatewayError(Exception):
-    """A request the picker answers itself, with an HTTP status and an OpenAI-shaped body."""
+    """A request the picker answers itself, with an HTTP status and an OpenAI-shaped body.
+
+    Subclasses fix the status for the protocol's own refusals; the router's errors (queue full,
+    unknown model, ...) keep their status, type, code and headers (Retry-After) through the keywords.
+    """
 
     status = 500
     error_type = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, status: int | None = None, error_type: str | None = None,
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.status = status or self.status
+        self.error_type = error_type or self.error_type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
 
 
 class BadRequest(GatewayError):
@@ -130,18 +141,23 @@ def served_endpoint(request: ext_proc.ProcessingRequest) -> str | None:
     return listed[0] if listed else None
 
 
-def destination_mutation(endpoints: list[str]) -> tuple[ext_proc.CommonResponse, struct_pb2.Struct]:
-    """Header mutation and dynamic metadata carrying the same endpoint list (they must agree)."""
+def _set_headers(headers: dict[str, str]) -> ext_proc.HeaderMutation:
+    return ext_proc.HeaderMutation(set_headers=[
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        for key, value in headers.items()
+    ])
+
+
+def destination_mutation(endpoints: list[str], extra_headers: dict[str, str] | None = None
+                         ) -> tuple[ext_proc.CommonResponse, struct_pb2.Struct]:
+    """Header mutation and dynamic metadata carrying the same endpoint list (they must agree).
+    `extra_headers` are set with it (content-length when the picker rewrote the body)."""
     value = ",".join(endpoints)
     common = ext_proc.CommonResponse(
-        header_mutation=ext_proc.HeaderMutation(
-            set_headers=[
-                base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=DESTINATION_HEADER, raw_value=value.encode()),
-                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-                )
-            ]
-        ),
+        header_mutation=_set_headers({DESTINATION_HEADER: value, **(extra_headers or {})}),
         clear_route_cache=True,
     )
     metadata = struct_pb2.Struct()
@@ -149,44 +165,44 @@ def destination_mutation(endpoints: list[str]) -> tuple[ext_proc.CommonResponse,
     return common, metadata
 
 
+def replace_body(common: ext_proc.CommonResponse, body: bytes) -> ext_proc.CommonResponse:
+    """BUFFERED mode: the buffered request body Envoy sends upstream becomes `body`."""
+    common.body_mutation.body = body
+    return common
+
+
 def immediate(error: GatewayError) -> ext_proc.ProcessingResponse:
     """Answer the client directly (no upstream), with an OpenAI-shaped error body."""
-    body = json.dumps(
-        {"error": {"message": error.message, "type": error.error_type, "param": None, "code": error.status}}
-    ).encode()
-    headers = ext_proc.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json")
-            )
-        ]
-    )
+    body = json.dumps({"error": {"message": error.message, "type": error.error_type, "param": error.param,
+                                 "code": error.code}}).encode()
     return ext_proc.ProcessingResponse(
         immediate_response=ext_proc.ImmediateResponse(
             status=http_status_pb2.HttpStatus(code=error.status),
-            headers=headers,
+            headers=_set_headers({"content-type": "application/json", **error.headers}),
             body=body,
             details=f"sagesched_{error.error_type}",
         )
     )
 
 
+def _continue(phase: str, message: object, metadata: struct_pb2.Struct | None) -> ext_proc.ProcessingResponse:
+    out = ext_proc.ProcessingResponse(dynamic_metadata=metadata) if metadata else ext_proc.ProcessingResponse()
+    getattr(out, phase).CopyFrom(message)
+    return out
+
+
 def headers_continue(common: ext_proc.CommonResponse | None = None, *, response: bool = False,
                      metadata: struct_pb2.Struct | None = None) -> ext_proc.ProcessingResponse:
     """Let request (or response) headers through, optionally mutated."""
     headers = ext_proc.HeadersResponse(response=common or ext_proc.CommonResponse())
-    out = ext_proc.ProcessingResponse(dynamic_metadata=metadata) if metadata else ext_proc.ProcessingResponse()
-    (out.response_headers if response else out.request_headers).CopyFrom(headers)
-    return out
+    return _continue("response_headers" if response else "request_headers", headers, metadata)
 
 
 def body_continue(common: ext_proc.CommonResponse | None = None, *, response: bool = False,
                   metadata: struct_pb2.Struct | None = None) -> ext_proc.ProcessingResponse:
     """Let a buffered/streamed body chunk through unchanged, optionally with header mutations."""
     body = ext_proc.BodyResponse(response=common or ext_proc.CommonResponse())
-    out = ext_proc.ProcessingResponse(dynamic_metadata=metadata) if metadata else ext_proc.ProcessingResponse()
-    (out.response_body if response else out.request_body).CopyFrom(body)
-    return out
+    return _continue("response_body" if response else "request_body", body, metadata)
 
 
 def body_stream(chunk: bytes, end_of_stream: bool, *, response: bool = False) -> ext_proc.ProcessingResponse:
@@ -196,6 +212,4 @@ def body_stream(chunk: bytes, end_of_stream: bool, *, response: bool = False) ->
             streamed_response=ext_proc.StreamedBodyResponse(body=chunk, end_of_stream=end_of_stream)
         )
     )
-    out = ext_proc.ProcessingResponse()
-    (out.response_body if response else out.request_body).CopyFrom(ext_proc.BodyResponse(response=common))
-    return out
+    return _continue("response_body" if response else "request_body", ext_proc.BodyResponse(response=common), None)

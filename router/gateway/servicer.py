@@ -13,6 +13,7 @@ when Envoy sends one, else from the server's setting, which must match Envoy's p
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,7 +24,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 
 from sagesched.router.gateway import protocol
 from sagesched.router.gateway.protocol import GatewayError, GatewayRequest
-from sagesched.router.gateway.usage import ResponseMeter
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +31,27 @@ FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 BUFFERED = processing_mode_pb2.ProcessingMode.BUFFERED
 
 
+class Ticket(Protocol):
+    """A picked request as the servicer sees it."""
+
+    endpoints: list[str]  # first choice, then fallbacks
+    body: bytes  # the request body to send upstream (the scheduler's additions included)
+
+
 class GatewayBackend(Protocol):
     """The scheduling side of gateway mode (implemented over the router's request path)."""
 
-    async def pick(self, request: GatewayRequest, subset: frozenset[str] | None) -> Any:
+    async def pick(self, request: GatewayRequest, subset: frozenset[str] | None) -> Ticket:
         """Wait in the queue until the policy dispatches; return a ticket with `.endpoints`
-        (first choice, then fallbacks). Raises Overloaded, NoEndpoint or BadRequest."""
+        (first choice, then fallbacks). Raises GatewayError (400, 404, 429, 503, 504)."""
 
-    def served(self, ticket: Any, endpoint: str | None, status: int) -> None:
+    def served(self, ticket: Ticket, endpoint: str | None, status: int, content_type: str) -> None:
         """The response started; `endpoint` is the one that actually served."""
 
-    def progress(self, ticket: Any, tokens: int) -> None:
-        """`tokens` output tokens have streamed so far."""
+    def response_body(self, ticket: Ticket, chunk: bytes, end_of_stream: bool) -> bytes:
+        """Account a chunk of the response; the bytes the client should get in its place."""
 
-    def finish(self, ticket: Any, usage: dict | None, ok: bool) -> None:
+    def finish(self, ticket: Ticket, ok: bool) -> None:
         """The exchange ended (completed, failed, or the client went away)."""
 
 
@@ -66,9 +73,9 @@ class _Exchange:
     request: GatewayRequest | None = None
     subset: frozenset[str] | None = None
     body: bytearray = field(default_factory=bytearray)
-    ticket: Any = None
-    meter: ResponseMeter = field(default_factory=ResponseMeter)
-    done: bool = False
+    ticket: Ticket | None = None
+    done: bool = False  # the backend has nothing more to learn about this request
+    answered: bool = False  # an immediate response went out: Envoy sends nothing more
     request_mode: int = FULL_DUPLEX
     response_mode: int = FULL_DUPLEX
 
@@ -107,22 +114,28 @@ class _Exchange:
         assert self.request is not None
         self.request.body = bytes(self.body)
         try:
-            self.ticket = await self.backend.pick(protocol.parse_body(self.request), self.subset)
+            self.ticket = ticket = await self.backend.pick(protocol.parse_body(self.request), self.subset)
         except GatewayError as err:
-            self.done = True
+            self.done = self.answered = True
             return [protocol.immediate(err)]
         except Exception:  # noqa: BLE001 - the gateway must answer whatever went wrong
             log.exception("endpoint picking failed")
             self.done = True
             if self.settings.fail_open:
                 return self._pass_through(headers_phase)
+            self.answered = True
             return [protocol.immediate(protocol.NoEndpoint("endpoint picker internal error"))]
-        common, metadata = protocol.destination_mutation(list(self.ticket.endpoints))
+        # The body may have grown (usage reporting, engine priority): its length must follow.
+        changed = ticket.body != self.request.body
+        extra = {"content-length": str(len(ticket.body))} if changed else None
+        common, metadata = protocol.destination_mutation(list(ticket.endpoints), extra)
         if not headers_phase:
+            if changed:
+                protocol.replace_body(common, ticket.body)
             return [protocol.body_continue(common, metadata=metadata)]
         out = [protocol.headers_continue(common, metadata=metadata)]
-        if self.body:
-            out.append(protocol.body_stream(bytes(self.body), True))
+        if ticket.body:
+            out.append(protocol.body_stream(ticket.body, True))
         return out
 
     def _pass_through(self, headers_phase: bool) -> list[ext_proc.ProcessingResponse]:
@@ -136,9 +149,9 @@ class _Exchange:
     async def _on_response_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
         headers = protocol.header_map(message.response_headers)
         status = int(headers.get(":status", "200") or 200)
-        self.meter.streaming = "text/event-stream" in headers.get("content-type", "")
-        if self.ticket is not None:
-            self.backend.served(self.ticket, protocol.served_endpoint(message), status)
+        if self.ticket is not None and not self.done:
+            self.backend.served(self.ticket, protocol.served_endpoint(message), status,
+                                headers.get("content-type", ""))
             if status >= 400 or message.response_headers.end_of_stream:
                 self._finish(ok=status < 400 and message.response_headers.end_of_stream)
         return [protocol.headers_continue(response=True)]
@@ -146,16 +159,23 @@ class _Exchange:
     async def _on_response_body(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
         chunk, eos = message.response_body.body, message.response_body.end_of_stream
         if self.ticket is not None and not self.done:
-            if self.meter.feed(chunk):
-                self.backend.progress(self.ticket, self.meter.tokens)
+            chunk = self.backend.response_body(self.ticket, chunk, eos)
             if eos:
                 self._finish(ok=True)
-        if self.response_mode == FULL_DUPLEX:
-            return [protocol.body_stream(chunk, eos, response=True)]
-        return [protocol.body_continue(response=True)]
+        if self.response_mode != FULL_DUPLEX:  # Envoy forwards its own bytes; nothing can be held back
+            return [protocol.body_continue(response=True)]
+        if not chunk and not eos:
+            return []  # a partial event: it goes out with the rest of it
+        return [protocol.body_stream(chunk, eos, response=True)]
 
     async def _on_request_trailers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
-        return [ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())]
+        """A body that ends in trailers never says end_of_stream: the trailers complete it."""
+        out = []
+        if self.request is not None and self.ticket is None and not self.done:
+            out = await self._route(headers_phase=self.request_mode == FULL_DUPLEX)
+        if not self.answered:
+            out.append(ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse()))
+        return out
 
     async def _on_response_trailers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
         return [ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())]
@@ -163,7 +183,7 @@ class _Exchange:
     def _finish(self, ok: bool) -> None:
         if self.ticket is not None and not self.done:
             self.done = True
-            self.backend.finish(self.ticket, self.meter.usage(), ok)
+            self.backend.finish(self.ticket, ok)
 
     def close(self) -> None:
         """The stream ended before the response did: the client or Envoy went away."""
@@ -176,6 +196,9 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):
     def __init__(self, backend: GatewayBackend, settings: GatewaySettings | None = None) -> None:
         self.backend = backend
         self.settings = settings or GatewaySettings()
+        # (phase, seconds) of every message handled, kept only when a benchmark sets a list here;
+        # phase "decision" is the message that completed the request and got the endpoint.
+        self.timings: list[tuple[str, float]] | None = None
 
     async def Process(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[ext_proc.ProcessingRequest], context: Any
@@ -183,9 +206,24 @@ class EndpointPicker(ext_proc_grpc.ExternalProcessorServicer):
         exchange = _Exchange(self.backend, self.settings)
         try:
             async for message in request_iterator:
-                for response in await exchange.handle(message):
+                if self.timings is None:
+                    responses = await exchange.handle(message)
+                else:
+                    responses = await self._timed(exchange, message)
+                for response in responses:
                     yield response
-                if exchange.done and exchange.ticket is None:
-                    return  # answered immediately: nothing more to watch
+                if exchange.answered:
+                    return  # answered immediately: Envoy sends nothing more on this stream
         finally:
             exchange.close()
+
+    async def _timed(self, exchange: _Exchange, message: ext_proc.ProcessingRequest
+                     ) -> list[ext_proc.ProcessingResponse]:
+        assert self.timings is not None
+        routed = exchange.ticket is not None or exchange.done
+        t0 = time.perf_counter()
+        responses = await exchange.handle(message)
+        elapsed = time.perf_counter() - t0
+        decided = not routed and (exchange.ticket is not None or exchange.done)
+        self.timings.append(("decision" if decided else message.WhichOneof("request"), elapsed))
+        return responses

@@ -284,11 +284,12 @@ class Engine:
         """How many upcoming iterations are pure decode with an identical batch: every running
         request decodes, nothing waiting can be admitted, no block allocation fails, no request
         finishes before the last of them. 0 when the next iteration is not of that kind."""
-        n = len(self.running)
+        running = self.running
+        n = len(running)
         if not self._all_decoding or n == 0 or n > self.profile.max_num_batched_tokens:
             return 0
-        computed = np.fromiter((r.num_computed_tokens for r in self.running), np.int64, n)
-        steps_to_finish = min(r.limit - r.generated for r in self.running)
+        computed = np.array([r.num_computed_tokens for r in running], np.int64)
+        steps_to_finish = min([r.limit - r.generated for r in running])
         fit = self._steps_that_fit(computed, steps_to_finish)
         if fit == 0 or self._waiting_could_enter(computed):
             return 0
@@ -328,7 +329,7 @@ class Engine:
     def _jump(self, k: int, end: float) -> StepOutcome:
         """Apply up to `k` pure-decode iterations at once (fewer if the horizon comes first)."""
         n = len(self.running)
-        context0 = sum(r.prompt_tokens + r.generated for r in self.running)
+        context0 = sum([r.prompt_tokens + r.generated for r in self.running])
         contexts = context0 + n * np.arange(k, dtype=np.int64)
         durations = self.profile.step_seconds(n, n, contexts, 0)  # vectorised, same arithmetic
         clock = np.cumsum(np.concatenate(([self.now], durations)))  # sequential sums, as step()
@@ -345,15 +346,23 @@ class Engine:
         return out
 
     def _grow_decodes(self, k: int, out: StepOutcome) -> None:
+        """Every running request decoded `k` tokens. One pass with locals bound: this loop runs
+        for every request at every event of a simulation, so it is kept to plain arithmetic
+        (block growth is summed and taken from the cache once; integer sums commute)."""
         bs = self.kv.block_size
+        now = self.now
+        tokens = out.tokens
+        grown = 0
         for req in self.running:
-            req.num_computed_tokens += k
+            computed = req.num_computed_tokens + k
+            req.num_computed_tokens = computed
             req.generated += k
-            held = blocks_for(req.num_computed_tokens, bs)
-            self.kv.free_blocks -= held - req.num_blocks
+            held = -(-computed // bs)  # blocks_for, inlined
+            grown += held - req.num_blocks
             req.num_blocks = held
-            req.last_token_time = self.now
-            out.tokens[req.request_id] = k
+            req.last_token_time = now
+            tokens[req.request_id] = k
             if req.generated >= req.limit:
-                self._complete(req, out)
+                self._complete(req, out)  # frees its blocks: a separate integer sum from `grown`
+        self.kv.free_blocks -= grown
         self.counters.generation_tokens += k * len(self.running)

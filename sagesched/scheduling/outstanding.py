@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
-from sagesched.distribution import LengthDistribution
+import numpy as np
+
+from sagesched.distribution import LengthDistribution, LengthGrid
 from sagesched.scheduling.cost import CostPolynomial, capped_moments
 from sagesched.scheduling.gittins import conditioned
 
@@ -23,6 +26,29 @@ def snap(attained: int) -> int:
     if attained <= 0:
         return 0
     return int(_LADDER ** math.floor(math.log(attained, _LADDER) + 1e-9))
+
+
+def _first_above(bound: int, lo: int, hi: int) -> int:
+    """Smallest g in [lo, hi] with snap(g) > bound (snap is monotone, so bisect)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if snap(mid) <= bound else (lo, mid)
+    return lo
+
+
+@lru_cache(maxsize=None)  # one entry per ladder step: a few dozen
+def _span_of_step(step: int) -> tuple[int, int]:
+    """[lo, hi): every attained count whose snap is `step`. A step is at most its first count
+    and the ladder's ratio is below 2, so both ends lie within a factor 4 of it."""
+    return _first_above(step - 1, 1, 2 * step + 2), _first_above(step, step + 1, 4 * step + 4)
+
+
+def ladder_span(attained: int) -> tuple[int, int]:
+    """[lo, hi): the attained counts that snap to the same step as `attained`, so a caller can
+    tell a crossing with two comparisons instead of a logarithm."""
+    if attained <= 0:
+        return -(2**62), 1
+    return _span_of_step(snap(attained))
 
 
 @dataclass(frozen=True)
@@ -42,6 +68,22 @@ class Remaining:
 
 
 _moments: dict[tuple[int, int, int], tuple[LengthDistribution, float, float]] = {}
+_bin_moments: dict[tuple[type, LengthGrid, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _capped(dist: LengthDistribution, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p, m1, m2) of `capped_moments`. The per-bin moments depend only on the bins' bounds,
+    which a distribution type derives from (grid, floor) alone, so they are shared by every
+    distribution with that floor; only the probabilities are per distribution."""
+    key = (type(dist), dist.grid, dist.floor, cap)
+    hit = _bin_moments.get(key)
+    if hit is None:
+        if len(_bin_moments) > _CACHE_LIMIT:
+            _bin_moments.clear()
+        p, m1, m2, _ = capped_moments(dist, cap)
+        _bin_moments[key] = (m1, m2)
+        return p, m1, m2
+    return dist.support()[0], hit[0], hit[1]
 
 
 def _length_moments(dist: LengthDistribution, cap: int, s: int) -> tuple[float, float]:
@@ -53,7 +95,7 @@ def _length_moments(dist: LengthDistribution, cap: int, s: int) -> tuple[float, 
     if hit is None:
         if len(_moments) > _CACHE_LIMIT:
             _moments.clear()
-        p, m1, m2, _ = capped_moments(conditioned(dist, s), max(cap, s + 1))
+        p, m1, m2 = _capped(conditioned(dist, s), max(cap, s + 1))
         hit = _moments[key] = (dist, float(p @ m1), float(p @ m2))
     return hit[1], hit[2]
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from sagesched.engine.profile import StepTimeProfile, load_profile
 from sagesched.scheduling.admission import Admission, PodLoad
 from sagesched.scheduling.cost import CostModel, CostPolynomial, memory_weight_for
-from sagesched.scheduling.outstanding import remaining, snap
+from sagesched.scheduling.outstanding import ladder_span, remaining
 from sagesched.scheduling.picker import eligible_for
 from sagesched.scheduling.policies import PickContext, Policy, make_policy
 from sagesched.scheduling.priority import engine_priority
 from sagesched.scheduling.queue import AgingQueue
 from sagesched.scheduling.types import PodView, SchedRequest
 
-DEFAULT_AGING_RATE = 0.002  # pod-seconds of rank forgiven per second waited (see README of bench/results/sim)
+DEFAULT_AGING_RATE = 0.012  # pod-seconds of rank forgiven per second waited: bench/results/sim/README.md (aging sweep)
 
 
 @dataclass
@@ -29,7 +29,7 @@ class _InFlight:
     pod: str
     poly: CostPolynomial  # frozen at dispatch so contributions subtract exactly
     contribution: PodLoad
-    snap: int
+    span: tuple[int, int]  # attained counts sharing the ladder step `contribution` was computed at
 
 
 class Scheduler:
@@ -78,12 +78,12 @@ class Scheduler:
         released: list[tuple[SchedRequest, PodView]] = []
         for queue in self._queues.values():
             while (req := queue.peek()) is not None:
-                pod = self._place(req, pods)
-                if pod is None:
+                placed = self._place(req, pods)
+                if placed is None:
                     break
                 queue.pop()
-                self._assign(req, pod, queue, now)
-                released.append((req, pod))
+                self._assign(req, queue, now, *placed)
+                released.append((req, placed[0]))
         return released
 
     def _update_scarcity(self, pods: Sequence[PodView]) -> None:
@@ -93,9 +93,14 @@ class Scheduler:
             fill = sum(p.num_running / p.profile.max_num_seqs for p in live) / len(live)
             self._memory_weight = memory_weight_for(kv, fill)
 
-    def _place(self, req: SchedRequest, pods: Sequence[PodView]) -> PodView | None:
+    def _place(
+        self, req: SchedRequest, pods: Sequence[PodView]
+    ) -> tuple[PodView, CostPolynomial, PodLoad] | None:
+        """The chosen pod, with the cost polynomial and load contribution the choice was made on
+        (handed on to `_assign`, so they are computed once)."""
         candidates = [p for p in pods if eligible_for(req, p)]
-        new = self._contribution(req, self._poly(req))
+        poly = self._poly(req)
+        new = self._contribution(req, poly)
         if self.policy.central_queue:
             candidates = [
                 p for p in candidates
@@ -105,7 +110,7 @@ class Scheduler:
             return None
         ctx = PickContext(work=self._work, cost_on=lambda _p: new.work, tick=self._tick)
         self._tick += 1
-        return self.policy.choose(req, candidates, ctx)
+        return self.policy.choose(req, candidates, ctx), poly, new
 
     def _work(self, pod: PodView) -> float:
         """Expected outstanding pod-seconds: ours, plus requests the engine reports that we did
@@ -115,13 +120,15 @@ class Scheduler:
         others = max(pod.num_running + pod.num_waiting - ours, 0)
         return load.work + (others * load.work / ours if ours else 0.0)
 
-    def _assign(self, req: SchedRequest, pod: PodView, queue: AgingQueue, now: float) -> None:
+    def _assign(
+        self, req: SchedRequest, queue: AgingQueue, now: float, pod: PodView, poly: CostPolynomial,
+        contribution: PodLoad,
+    ) -> None:
         req.pod, req.dispatched_at = pod.name, now
         req.engine_priority = (
             engine_priority(queue.key_at(req, now), self.engine) if self.policy.central_queue else 0
         )
-        poly = self._poly(req)
-        entry = _InFlight(req, pod.name, poly, self._contribution(req, poly), snap(req.generated))
+        entry = _InFlight(req, pod.name, poly, contribution, ladder_span(req.generated))
         self._inflight[req.request_id] = entry
         self._by_pod.setdefault(pod.name, {})[req.request_id] = req
         self._load_of(pod.name).add(entry.contribution)
@@ -153,14 +160,15 @@ class Scheduler:
             return
         first_token = entry.req.generated <= 0 < generated
         entry.req.generated = generated
-        if first_token or snap(generated) != entry.snap:
+        lo, hi = entry.span
+        if first_token or not lo <= generated < hi:
             self._refresh(entry)
 
     def _refresh(self, entry: _InFlight) -> None:
         load = self._load_of(entry.pod)
         load.add(entry.contribution, -1.0)
         entry.contribution = self._contribution(entry.req, entry.poly)
-        entry.snap = snap(entry.req.generated)
+        entry.span = ladder_span(entry.req.generated)
         load.add(entry.contribution)
 
     def on_finish(self, request_id: str, now: float) -> SchedRequest | None:

@@ -11,10 +11,10 @@ DEFAULT_POLICIES = (
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sim", help="discrete-event cluster simulation of the scheduling policies")
-    p.add_argument("--trace", default="conv", help="conv | code | path to a CSV of the same columns")
+    p.add_argument("--trace", default="conv", help="conv | code | a CSV of the same columns | a predictor export (.npz)")
     p.add_argument("--pods", type=int, default=8)
     p.add_argument("--loads", default="0.5,0.7,0.85,0.95", help="fractions of measured cluster capacity")
-    p.add_argument("--policies", default=DEFAULT_POLICIES, help="name[:true][:noadm], comma-separated")
+    p.add_argument("--policies", default=DEFAULT_POLICIES, help="name[:true|:pred][:noadm], comma-separated (pred: the trace's predictor export)")
     p.add_argument("--arrivals", default="trace", choices=("trace", "poisson", "bursty"))
     p.add_argument("--profile", default="h100-llama3-8b")
     p.add_argument("--history-fraction", type=float, default=0.3)
@@ -23,8 +23,8 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--aging-rate", type=float, default=None)
     p.add_argument("--admission-quantile", type=float, default=0.9)
     p.add_argument("--engine-buffer", type=int, default=4)
-    p.add_argument("--prefill-budget", type=int, default=0,
-                   help="prompt tokens a pod may have waiting for prefill (0: no prefill gate)")
+    p.add_argument("--prefill-budget", type=int, default=None,
+                   help="prompt tokens a pod may have waiting for prefill (default: auto from the profile; 0: off)")
     p.add_argument("--out", type=Path, default=Path("bench/results/sim"))
     p.set_defaults(func=run)
 

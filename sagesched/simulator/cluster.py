@@ -27,24 +27,27 @@ MODEL = "m"
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """`name[:true][:noadm]` — a registered policy, optionally with the true conditional length
-    distribution instead of the history estimator, optionally without the memory admission gate."""
+    """`name[:true|:pred][:noadm]` — a registered policy, optionally with the true conditional length
+    distribution (`true`) or the predictor's exported distributions (`pred`, for traces that carry
+    them) instead of the history estimator, optionally without the memory admission gate."""
 
     policy: str
     true_distribution: bool = False
     memory_admission: bool = True
+    predicted: bool = False
 
     @classmethod
     def parse(cls, text: str) -> "PolicySpec":
         name, *flags = text.split(":")
-        unknown = set(flags) - {"true", "noadm"}
+        unknown = set(flags) - {"true", "noadm", "pred"}
         if unknown:
             raise ValueError(f"unknown policy flags {sorted(unknown)} in {text!r}")
-        return cls(name, "true" in flags, "noadm" not in flags)
+        return cls(name, "true" in flags, "noadm" not in flags, "pred" in flags)
 
     @property
     def label(self) -> str:
-        return self.policy + (":true" if self.true_distribution else "") + ("" if self.memory_admission else ":noadm")
+        source = ":true" if self.true_distribution else ":pred" if self.predicted else ""
+        return self.policy + source + ("" if self.memory_admission else ":noadm")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class SimConfig:
     aging_rate: float = DEFAULT_AGING_RATE
     admission_quantile: float = 0.9
     engine_buffer: int = 4
-    prefill_tokens: int = 0
+    prefill_tokens: int | None = None
 
 
 @dataclass
@@ -104,6 +107,8 @@ class ClusterSim:
         self.kv_peak = 0.0
         self._heap: list[tuple[float, int]] = []
         self._queued_at: list[float] = [math.nan] * config.pods
+        # pods whose engine changed since their view was last written; all of them at the start
+        self._stale_views: set[int] = set(range(config.pods))
 
     # --- event loop -------------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -119,7 +124,8 @@ class ClusterSim:
 
     def _arrive(self, i: int, now: float) -> None:
         p, o = int(self.w.prompts[i]), int(self.w.outputs[i])
-        req = SchedRequest(str(i), MODEL, p, now, self.estimator.predict(MODEL, p), true_output_tokens=o)
+        dist = self.w.source.prediction(i) if self.spec.predicted else self.estimator.predict(MODEL, p)
+        req = SchedRequest(str(i), MODEL, p, now, dist, true_output_tokens=o)
         self.sched_reqs[req.request_id] = req
         self.scheduler.submit(req, now)
         self._dispatch(now)
@@ -145,10 +151,12 @@ class ClusterSim:
     def _absorb(self, k: int, out: StepOutcome) -> None:
         """Report an engine's progress and finishes to the scheduler (and the online estimator)."""
         engine = self.engines[k]
+        self._stale_views.add(k)
         self.kv_peak = max(self.kv_peak, engine.kv_usage)
         if self.track_progress:
+            on_progress, reqs = self.scheduler.on_progress, self.engine_reqs  # hot: every token-emitting request
             for rid in out.tokens:
-                self.scheduler.on_progress(rid, self.engine_reqs[rid].generated)
+                on_progress(rid, reqs[rid].generated)
         for done in out.finished:
             self.scheduler.on_finish(done.request_id, done.finish_time)
             self.finished.append(done)
@@ -158,8 +166,13 @@ class ClusterSim:
 
     # --- dispatch -----------------------------------------------------------------------------------
     def _refresh_views(self) -> None:
-        for view, engine in zip(self.views, self.engines):
+        """Rewrite the views of pods whose engine changed (an engine only changes in `_absorb`ed
+        advances and in `add_request`, both of which mark it). The scheduler's own bump of
+        `num_waiting` at a dispatch is undone here because that pod was marked by its add_request."""
+        for k in self._stale_views:
+            view, engine = self.views[k], self.engines[k]
             view.kv_usage, view.num_running, view.num_waiting = engine.kv_usage, engine.num_running, engine.num_waiting
+        self._stale_views.clear()
 
     def _dispatch(self, now: float) -> None:
         self._refresh_views()
@@ -172,6 +185,7 @@ class ClusterSim:
                                  req.max_tokens, req.engine_priority, now)
             self.engine_reqs[req.request_id] = ereq
             engine.add_request(ereq)
+            self._stale_views.add(k)
             self._schedule(k)
 
     def _result(self) -> SimResult:

@@ -72,6 +72,7 @@ class Workload:
     outputs: np.ndarray
     load: float
     rate: float  # requests/s offered
+    source: Trace | None = None  # the replayed trace, index-aligned (its predictions, if any)
 
     def __len__(self) -> int:
         return len(self.arrivals)
@@ -82,4 +83,4 @@ def build_workload(
 ) -> Workload:
     rate = load * pods * capacity_per_pod(profile, replay, seed)
     prompts, outputs = fit_lengths(replay.prompts, replay.outputs, profile.max_model_len)
-    return Workload(replay.name, arrival_times(replay, rate, mode, seed), prompts, outputs, load, rate)
+    return Workload(replay.name, arrival_times(replay, rate, mode, seed), prompts, outputs, load, rate, replay)

@@ -102,12 +102,15 @@ class RedisHistoryStore:
 
     FIELD = "r"
 
-    def __init__(self, url: str, maxlen: int = DEFAULT_MAXLEN, prefix: str = "sagesched:history:") -> None:
+    def __init__(self, url: str, maxlen: int = DEFAULT_MAXLEN, prefix: str = "sagesched:history:",
+                 timeout_s: float = 1.0) -> None:
         import redis.asyncio as aioredis
 
         self.maxlen = maxlen
         self.prefix = prefix
-        self._redis = aioredis.from_url(url)
+        # Bounded socket waits: a Redis that accepts but stalls must fail an append (which callers
+        # count as dropped) rather than pile up writers. redis-py reconnects on the next command.
+        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     def key(self, model: str) -> str:
         return f"{self.prefix}{model}"

@@ -9,15 +9,13 @@ import json
 from dataclasses import asdict, dataclass, field
 
 
-@dataclass
-class PodSnapshot:
-    name: str
-    address: str  # host:port of the engine's OpenAI server
-    models: list[str] = field(default_factory=list)
+@dataclass(kw_only=True)
+class EngineLoad:
+    """What an engine reports about itself on /metrics, engine-neutral: the scraped half of a
+    snapshot (`sagesched.podmetrics` parses it; a snapshot adds who and when)."""
+
     engine: str = "vllm"  # "vllm" | "sglang"
-    ready: bool = True
-    namespace: str = ""
-    policy: str = ""  # the SageSchedPolicy that selected this pod
+    models: list[str] = field(default_factory=list)
     kv_cache_usage: float = 0.0  # fraction 0..1
     num_running: int = 0
     num_waiting: int = 0
@@ -27,6 +25,15 @@ class PodSnapshot:
     prompt_tokens_total: float = 0.0
     generation_tokens_total: float = 0.0
     preemptions_total: float = 0.0
+
+
+@dataclass(kw_only=True)
+class PodSnapshot(EngineLoad):
+    name: str
+    address: str  # host:port of the engine's OpenAI server
+    ready: bool = True
+    namespace: str = ""
+    policy: str = ""  # the SageSchedPolicy that selected this pod
     scraped_at: float = 0.0  # unix seconds of the scrape that produced this snapshot
 
     def age(self, now: float) -> float:

@@ -10,10 +10,12 @@ from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 from .conftest import MODEL
 
+ADMIN_TOKEN = "test-admin-token"  # GetState is an admin call (tests/reliability covers its refusals)
+
 
 @pytest.fixture
 async def channel(pods, make_router):
-    router = await make_router([p.base_url for p in pods])
+    router = await make_router([p.base_url for p in pods], admin_token=ADMIN_TOKEN)
     async with grpc.aio.insecure_channel(router.grpc_target) as ch:
         yield ch
 
@@ -46,7 +48,7 @@ async def test_unknown_model_is_not_found(channel):
 
 async def test_get_state_lists_pods_and_queues(channel):
     stub = router_pb2_grpc.RouterStub(channel)
-    state = await stub.GetState(router_pb2.GetStateRequest())
+    state = await stub.GetState(router_pb2.GetStateRequest(), metadata=[("authorization", f"Bearer {ADMIN_TOKEN}")])
     assert state.policy == "sagesched"
     assert len(state.pods) == 2 and all(p.healthy and MODEL in p.models for p in state.pods)
     assert [q.model for q in state.queues] == [MODEL]

@@ -5,9 +5,10 @@ OpenAI-compatible URL with the official `openai` client, asking each request for
 output length (`max_tokens` = true length, `ignore_eos`, as vLLM's own benchmarks do), and prints
 TTFT/TTLT percentiles and throughput. `sagesched demo` runs the same replay against emulated pods.
 
-`overhead` puts the router in front of pods that answer instantly and measures what the router
-itself costs: the dispatch decision time, the latency it adds over calling the pod directly at a
-range of request rates, and how many concurrent streams it holds.
+`overhead` (bench/overhead.py) puts one router process in front of pods that answer instantly, driven
+by a load generator in a third process, and measures what the router itself costs: the decision
+time, the latency it adds over calling the pods directly at a range of request rates, and how many
+concurrent streams it holds.
 """
 from __future__ import annotations
 
@@ -185,13 +186,16 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--label", default="live")
     p.set_defaults(func=run_live)
 
-    o = bench.add_parser("overhead", help="router decision time and added latency over instant pods")
+    o = bench.add_parser("overhead", help="router decision time, added latency and held streams (3 processes)")
     o.add_argument("--pods", type=int, default=4)
-    o.add_argument("--rates", default="50,200,500", help="request rates to measure (req/s)")
-    o.add_argument("--duration", type=float, default=5.0, help="seconds per rate")
+    o.add_argument("--rates", default="200,500,1000", help="request rates to measure (req/s); empty = none")
+    o.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     o.add_argument("--tokens", type=int, default=16, help="tokens each instant answer streams")
     o.add_argument("--policy", default="sagesched")
-    o.add_argument("--streams", type=int, default=2000, help="concurrent held streams to try")
+    o.add_argument("--streams", type=int, default=5000, help="concurrent slow streams to hold (0 = skip)")
+    o.add_argument("--stream-rate", type=float, default=1000.0, help="streams opened per second")
+    o.add_argument("--stream-tokens", type=int, default=8, help="tokens per held stream")
+    o.add_argument("--stream-interval", type=float, default=2.0, help="seconds between a held stream's tokens")
     o.set_defaults(func=run_overhead)
 
 

@@ -1,139 +1,384 @@
-"""`sagesched bench overhead`: what the router itself costs, in front of pods that answer at once.
+"""`sagesched bench overhead`: what one router process costs, in front of pods that answer at once.
 
-Three figures: the scheduler's dispatch-pass time (P50/P99), the latency the router adds over calling
-a pod directly (P50/P99 at each request rate; same client, same pods, same streaming answers), and
-how many concurrent streams one router holds open (pods send a first token and then wait).
+Three processes, as in production: the instant pods (`python -m sagesched.bench.instant_pod`), the
+router (`sagesched router --config ...`, uvloop, exactly as users run it) and the load generator
+(`python -m sagesched.bench.overhead`, a lean raw-socket HTTP/1.1 client). Putting them in one
+process, on one event loop, charged the client's and the pods' work to the router.
+
+Figures per request rate, open loop (Poisson send times computed before the run, so a slow router
+cannot slow the arrivals down):
+- decision time: a request entering the scheduler → its dispatch to a pod, read from the router's
+  own histogram (`sagesched_decision_seconds`, before/after difference, interpolated in buckets);
+- added latency: the same load straight to the pods, then through the router; the difference of
+  the percentiles;
+- router CPU per request (from /proc), which is what limits one process's rate.
+`--streams N` then holds N slow streams open through the router at once and reports errors, the
+router's count of in-flight requests and its resident memory.
+
+The load generator and the pods share the machine's cores with the router; the report prints the
+core count, and the load generator's send lag says whether it kept its schedule.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-import aiohttp
 import numpy as np
 
 MODEL = "instant"
+# Slots per instant pod: an instant pod has no batch limit, and the benchmark must measure the
+# router, not the admission gate of an emulated H100 (256 sequences).
+POD_SEQS = 4096
 
 
-async def _load(session: aiohttp.ClientSession, urls: list[str], rate: float, duration: float, tokens: int,
-                seed: int) -> tuple[np.ndarray, int]:
-    """Poisson arrivals for `duration` s, each a streamed completion read to its end; latencies (s)."""
-    rng = np.random.default_rng(seed)
-    gaps = rng.exponential(1.0 / rate, int(rate * duration * 1.5) + 1)
-    sends = np.cumsum(gaps)
-    sends = sends[sends < duration]
+# --- the load generator (its own process) ------------------------------------------------------
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection carrying one request at a time. A response is complete at
+    its Content-Length, or (chunked streams) at the last-chunk marker; nothing else is parsed."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.head = -1
+        self.length = -1
+        self.status = 0
+        self.done: asyncio.Future | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports subclass no asyncio class
+
+    def send(self, request: bytes) -> asyncio.Future:
+        assert self.transport is not None
+        self.buf.clear()
+        self.head, self.length = -1, -1
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self.done
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.head < 0:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            self.head = end + 4
+            head = bytes(self.buf[:end]).lower()
+            self.status = int(head[9:12])
+            at = head.find(b"content-length:")
+            if at >= 0:
+                self.length = int(head[at + 15:].split(b"\r\n", 1)[0])
+        if self.length >= 0:
+            complete = len(self.buf) >= self.head + self.length
+        else:
+            complete = self.buf.endswith(b"\r\n0\r\n\r\n")
+        if complete and self.done is not None and not self.done.done():
+            self.done.set_result(self.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError(f"connection lost: {exc}"))
+
+
+@dataclass
+class LoadResult:
+    latencies: list[float]  # seconds, completed 200s
+    errors: int
+    first_error: str
+    peak_inflight: int
+    lag_p99: float  # seconds the generator sent behind its schedule (its own health)
+
+
+async def _load(targets: list[tuple[str, int]], sends: np.ndarray, request: bytes) -> LoadResult:
+    """Send one request at each of `sends` (seconds from the start), round robin over `targets`."""
+    loop = asyncio.get_running_loop()
+    idle: list[list[_Connection]] = [[] for _ in targets]
     latencies: list[float] = []
-    errors = 0
-    body = {"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True}
+    lags: list[float] = []
+    errors, first_error, inflight, peak = 0, "", 0, 0
 
-    async def one(i: int, at: float, start: float) -> None:
-        nonlocal errors
-        delay = start + at - time.perf_counter()
-        if delay > 0:
+    async def one(i: int) -> None:
+        nonlocal errors, first_error, inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        conn = None
+        try:
+            pool = idle[i % len(targets)]
+            if pool:
+                conn = pool.pop()
+            else:
+                _, conn = await loop.create_connection(_Connection, *targets[i % len(targets)])
+            t0 = time.perf_counter()
+            status = await conn.send(request)
+            elapsed = time.perf_counter() - t0
+            if status == 200:
+                latencies.append(elapsed)
+            else:
+                errors += 1
+                first_error = first_error or f"HTTP {status}: {bytes(conn.buf[-300:])!r}"
+            pool.append(conn)
+        except OSError as exc:
+            errors += 1
+            first_error = first_error or f"{exc.__class__.__name__}: {exc}"
+        finally:
+            inflight -= 1
+
+    tasks = []
+    start = time.perf_counter() + 0.05
+    for i, at in enumerate(sends):
+        due = start + float(at)
+        delay = due - time.perf_counter()
+        if delay > 0.0005:
             await asyncio.sleep(delay)
-        t0 = time.perf_counter()
-        try:
-            async with session.post(f"{urls[i % len(urls)]}/v1/completions", json=body) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    errors += 1
-                    return
-            latencies.append(time.perf_counter() - t0)
-        except aiohttp.ClientError:
-            errors += 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i, float(at), start) for i, at in enumerate(sends)))
-    return np.array(latencies), errors
-
-
-async def _held_streams(router, pods, session: aiohttp.ClientSession, target: int) -> tuple[int, int]:
-    """Open `target` streams through the router while pods hold them; the most held at once."""
-    hold = asyncio.Event()
-    for pod in pods:
-        pod.hold = hold
-    body = {"model": MODEL, "prompt": "hello", "max_tokens": 4, "stream": True}
-    errors = 0
-
-    async def one() -> None:
-        nonlocal errors
-        try:
-            async with session.post(f"{router.url}/v1/completions", json=body) as resp:
-                await resp.read()
-                errors += resp.status != 200
-        except aiohttp.ClientError:
-            errors += 1
-
-    tasks = [asyncio.create_task(one()) for _ in range(target)]
-    dispatcher = router.router.dispatcher
-    peak, deadline = 0, time.perf_counter() + 60
-    while time.perf_counter() < deadline:
-        held = len(dispatcher.running) + len(dispatcher.waiting)
-        peak = max(peak, held)
-        if held >= target or all(t.done() for t in tasks):
-            break
-        await asyncio.sleep(0.05)
-    hold.set()
+        lags.append(max(0.0, time.perf_counter() - due))
+        tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    for pod in pods:
-        pod.hold = None
-    return peak, errors
+    for pool in idle:
+        for conn in pool:
+            assert conn.transport is not None
+            conn.transport.close()
+    return LoadResult(latencies, errors, first_error, peak, float(np.percentile(lags, 99)) if lags else 0.0)
 
 
-def _pct(x: np.ndarray, q: float) -> float:
-    return float(np.percentile(x, q)) if x.size else float("nan")
+def _request(host: str, tokens: int) -> bytes:
+    body = json.dumps({"model": MODEL, "prompt": "hello", "max_tokens": tokens, "stream": True}).encode()
+    return (f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-async def _main(args: argparse.Namespace) -> int:
-    from sagesched.router.server import RouterServer
-    from sagesched.router.settings import Backend, RouterSettings
-
-    from .instant_pod import InstantPod
-
-    pods = [await InstantPod(model=MODEL, tokens=args.tokens).start() for _ in range(args.pods)]
-    settings = RouterSettings(host="127.0.0.1", port=0, grpc_port=None, policy=args.policy,
-                              backends=[Backend(url=p.url) for p in pods], max_queue_per_model=100_000,
-                              snapshot_max_age_s=3600)
-    router = await RouterServer(settings).start()
-    dispatcher = router.router.dispatcher
-    connector = aiohttp.TCPConnector(limit=0)
-    rates = [float(r) for r in args.rates.split(",")]
-    print(f"router overhead: {args.pods} instant pods, policy {args.policy}, {args.tokens} streamed tokens "
-          f"per answer, {args.duration:.0f}s per rate")
-    print(f"{'rate/s':>7} | {'direct p50':>10}{'p99':>8} | {'router p50':>10}{'p99':>8} | "
-          f"{'added p50':>9}{'p99':>8} ms | {'decision p50':>12}{'p99':>8} us | err")
-    try:
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for i, rate in enumerate(rates):
-                direct, e1 = await _load(session, [p.url for p in pods], rate, args.duration, args.tokens, i)
-                dispatcher.decision_seconds.clear()
-                dispatcher.record_decisions = True
-                routed, e2 = await _load(session, [router.url], rate, args.duration, args.tokens, i)
-                dispatcher.record_decisions = False
-                decisions = np.array(dispatcher.decision_seconds) * 1e6
-                ms = 1e3
-                print(f"{rate:>7.0f} | {_pct(direct, 50) * ms:>10.2f}{_pct(direct, 99) * ms:>8.2f} | "
-                      f"{_pct(routed, 50) * ms:>10.2f}{_pct(routed, 99) * ms:>8.2f} | "
-                      f"{(_pct(routed, 50) - _pct(direct, 50)) * ms:>9.2f}"
-                      f"{(_pct(routed, 99) - _pct(direct, 99)) * ms:>8.2f}    | "
-                      f"{_pct(decisions, 50):>12.1f}{_pct(decisions, 99):>8.1f}    | {e1 + e2}", flush=True)
-            if args.streams:
-                peak, errors = await _held_streams(router, pods, session, args.streams)
-                print(f"concurrent streams held by one router: {peak} of {args.streams} attempted "
-                      f"({errors} errors)")
-    finally:
-        await router.stop()
-        for pod in pods:
-            await pod.stop()
+def loadgen_main(argv: list[str] | None = None) -> int:
+    """The load generator process: prints one JSON line with its `LoadResult`."""
+    p = argparse.ArgumentParser(prog="python -m sagesched.bench.overhead")
+    p.add_argument("--url", action="append", required=True, help="http://host:port (repeatable: round robin)")
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    _raise_fd_limit()
+    targets = [(u.split("//")[1].split(":")[0], int(u.rsplit(":", 1)[1])) for u in args.url]
+    sends = np.cumsum(np.random.default_rng(args.seed).exponential(1.0 / args.rate, args.count))
+    sends -= sends[0]
+    _install_uvloop()
+    result = asyncio.run(_load(targets, sends, _request(targets[0][0], args.tokens)))
+    print(json.dumps(result.__dict__))
     return 0
 
 
-def main(args: argparse.Namespace) -> int:
+# --- the orchestrator --------------------------------------------------------------------------
+def _raise_fd_limit() -> None:
+    """Thousands of held streams need a descriptor each (two in the router); children inherit this."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+
+
+def _install_uvloop() -> None:
     try:
         import uvloop
-
-        uvloop.install()
     except ImportError:
-        pass
-    return asyncio.run(_main(args))
+        return
+    uvloop.install()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+@dataclass
+class _Stack:
+    router_url: str
+    router_pid: int
+    pod_urls: list[str]
+
+
+@contextlib.contextmanager
+def _stack(args: argparse.Namespace, interval: float, workdir: Path) -> Iterator[_Stack]:
+    """Instant pods and a router, each in its own process; stopped on leaving."""
+    from sagesched.engine.profile import load_profile
+
+    procs: list[subprocess.Popen] = []
+    try:
+        pods = subprocess.Popen([sys.executable, "-m", "sagesched.bench.instant_pod", "--pods", str(args.pods),
+                                 "--model", MODEL, "--tokens", str(args.tokens), "--interval", str(interval)],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(pods)
+        assert pods.stdout is not None
+        pod_urls = json.loads(pods.stdout.readline())
+        profile = workdir / "instant-pod.json"
+        profile.write_text(load_profile().with_overrides(
+            name="instant-pod", max_num_seqs=POD_SEQS, num_gpu_blocks=10_000_000,
+            provenance="bench overhead: a pod with no batch or memory limit").to_json())
+        config = workdir / "router.yaml"
+        config.write_text(json.dumps({  # YAML is a superset of JSON
+            "backends": [{"url": u, "models": [MODEL], "profile": str(profile)} for u in pod_urls],
+            "policy": args.policy, "grpc_port": None, "max_queue_per_model": 100_000,
+            "max_upstream_connections": 2 * max(args.streams, 1024), "snapshot_max_age_s": 3600,
+            "scrape_interval_s": 0.5,
+        }))
+        port = _free_port()
+        router = subprocess.Popen([sys.executable, "-m", "sagesched.cli", "router", "--config", str(config),
+                                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
+        procs.append(router)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _get(f"{url}/ready", 1.0)
+                break
+            except OSError:
+                if time.monotonic() > deadline or router.poll() is not None:
+                    raise RuntimeError("the router did not become ready") from None
+                time.sleep(0.1)
+        yield _Stack(url, router.pid, pod_urls)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+
+def _drive(urls: list[str], rate: float, count: int, tokens: int, seed: int) -> LoadResult:
+    cmd = [sys.executable, "-m", "sagesched.bench.overhead", "--rate", str(rate), "--count", str(count),
+           "--tokens", str(tokens), "--seed", str(seed)]
+    for u in urls:
+        cmd += ["--url", u]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
+    out = done.stdout
+    return LoadResult(**json.loads(out.strip().splitlines()[-1]))
+
+
+def _histogram(text: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(upper bounds, cumulative counts) of histogram `name` summed over its labels."""
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = buckets.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
+    bounds = np.array(sorted(buckets))
+    return bounds, np.array([buckets[b] for b in bounds])
+
+
+def _quantile(bounds: np.ndarray, counts: np.ndarray, q: float) -> float:
+    """Prometheus' histogram_quantile: linear within the bucket the rank falls in."""
+    if counts.size == 0 or counts[-1] <= 0:
+        return float("nan")
+    rank = q * counts[-1]
+    i = int(np.searchsorted(counts, rank))
+    if i >= len(bounds) - 1 and np.isinf(bounds[min(i, len(bounds) - 1)]):
+        return float(bounds[-2])
+    lo, below = (0.0, 0.0) if i == 0 else (bounds[i - 1], counts[i - 1])
+    inside = counts[i] - below
+    return float(lo + (bounds[i] - lo) * ((rank - below) / inside if inside > 0 else 1.0))
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _pct(x: list[float], q: float) -> float:
+    return float(np.percentile(x, q)) if x else float("nan")
+
+
+def _rates(args: argparse.Namespace, stack: _Stack) -> None:
+    from sagesched.router.metrics import DECISION
+
+    print(f"{'rate/s':>7} | {'direct p50':>10}{'p99':>7} | {'router p50':>10}{'p99':>7} | {'added p50':>9}"
+          f"{'p99':>7} ms | {'decision p50':>12}{'p99':>7} ms | {'cpu/req':>7} us | {'lag p99':>7} ms | err")
+    for i, rate in enumerate(float(r) for r in args.rates.split(",")):
+        count = int(rate * args.duration)
+        direct = _drive(stack.pod_urls, rate, count, args.tokens, i)
+        before = _histogram(_get(f"{stack.router_url}/metrics"), DECISION)[1]
+        cpu0 = _cpu_seconds(stack.router_pid)
+        routed = _drive([stack.router_url], rate, count, args.tokens, i)
+        cpu = (_cpu_seconds(stack.router_pid) - cpu0) / count * 1e6
+        bounds, after = _histogram(_get(f"{stack.router_url}/metrics"), DECISION)
+        counts = after - (before if before.size else 0)
+        ms = 1e3
+        d50, d99 = _pct(direct.latencies, 50) * ms, _pct(direct.latencies, 99) * ms
+        r50, r99 = _pct(routed.latencies, 50) * ms, _pct(routed.latencies, 99) * ms
+        print(f"{rate:>7.0f} | {d50:>10.2f}{d99:>7.2f} | {r50:>10.2f}{r99:>7.2f} | {r50 - d50:>9.2f}{r99 - d99:>7.2f}"
+              f"    | {_quantile(bounds, counts, 0.5) * ms:>12.3f}{_quantile(bounds, counts, 0.99) * ms:>7.3f}"
+              f"    | {cpu:>7.0f}    | {max(direct.lag_p99, routed.lag_p99) * ms:>7.2f}    | "
+              f"{direct.errors + routed.errors}", flush=True)
+        for result in (direct, routed):
+            if result.first_error:
+                print(f"  first error: {result.first_error}")
+
+
+def _streams(args: argparse.Namespace, stack: _Stack) -> None:
+    """Open `args.streams` slow streams at `args.stream_rate` per second; while they are all open,
+    read the router's in-flight count and memory; then let them finish."""
+    from sagesched.router.metrics import INFLIGHT
+
+    cmd = [sys.executable, "-m", "sagesched.bench.overhead", "--rate", str(args.stream_rate), "--count",
+           str(args.streams), "--tokens", str(args.stream_tokens), "--url", stack.router_url]
+    rss0 = _rss_mib(stack.router_pid)
+    report = tempfile.TemporaryFile("w+")  # not a pipe: its report outgrows a pipe's buffer before we read it
+    client = subprocess.Popen(cmd, stdout=report, text=True)
+    peak_inflight, peak_rss = 0.0, rss0
+    while client.poll() is None:
+        time.sleep(0.5)
+        with contextlib.suppress(OSError):
+            text = _get(f"{stack.router_url}/metrics", 10)
+            held = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(INFLIGHT + "{"))
+            peak_inflight = max(peak_inflight, held)
+        peak_rss = max(peak_rss, _rss_mib(stack.router_pid))
+    report.seek(0)
+    result = LoadResult(**json.loads(report.read().strip().splitlines()[-1]))
+    print(f"concurrent streams: {args.streams} opened at {args.stream_rate:.0f}/s, each {args.stream_tokens} tokens "
+          f"{args.stream_interval:.1f}s apart; peak in flight at the router {peak_inflight:.0f} (client "
+          f"{result.peak_inflight}), completed {len(result.latencies)}, errors {result.errors}; router RSS "
+          f"{rss0:.0f} MiB idle, {peak_rss:.0f} MiB peak")
+    if result.first_error:
+        print(f"  first error: {result.first_error}")
+
+
+def main(args: argparse.Namespace) -> int:
+    _raise_fd_limit()
+    print(f"router overhead: {args.pods} instant pods, policy {args.policy}, {args.tokens} streamed tokens per "
+          f"answer, {args.duration:.0f}s per rate; pods, router and load generator in 3 processes sharing "
+          f"{os.cpu_count()} cores (fd limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.rates:
+            with _stack(args, 0.0, Path(tmp)) as stack:
+                _rates(args, stack)
+        if args.streams:
+            with _stack(args, args.stream_interval, Path(tmp)) as stack:
+                _streams(args, stack)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(loadgen_main())

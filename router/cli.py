@@ -60,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--max-output", type=int, default=None, help="cap output lengths (tokens) to keep it short")
     d.add_argument("--max-prompt", type=int, default=None, help="cap prompt lengths (tokens)")
     d.add_argument("--json", default=None, help="also write the results to this JSON file")
+    d.add_argument("--trace", default="conv", choices=("conv", "code"),
+                   help="Azure trace to replay (code: prefill-heavy, large stable policy differences)")
+    d.add_argument("--sim", action="store_true",
+                   help="also run the simulator on the same slice, pods and profile, and compare policy order")
     d.set_defaults(func=run_demo)
 
 

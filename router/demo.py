@@ -67,15 +67,15 @@ async def _main(args: argparse.Namespace) -> int:
     from sagesched.bench.live import first_error, format_table, trace_slice
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    h_arr, h_prompts, h_outputs = trace_slice("conv", HISTORY_REQUESTS, 0, args.max_output, args.max_prompt)
-    arrivals, prompts, outputs = trace_slice("conv", args.requests, HISTORY_REQUESTS, args.max_output,
+    h_arr, h_prompts, h_outputs = trace_slice(args.trace, HISTORY_REQUESTS, 0, args.max_output, args.max_prompt)
+    arrivals, prompts, outputs = trace_slice(args.trace, args.requests, HISTORY_REQUESTS, args.max_output,
                                              args.max_prompt)
     trace_rate = len(arrivals) / max(arrivals[-1], 1e-9)
     if args.rate:  # keep the trace's burstiness, change its mean rate
         arrivals = arrivals * (trace_rate / args.rate)
     rate = len(arrivals) / max(arrivals[-1], 1e-9)
     print(f"sagesched demo: {args.pods} emulated pods ({MODEL}, {DEMO_POD['max_num_seqs']} seqs, "
-          f"{DEMO_POD['num_gpu_blocks'] * 16} KV tokens each), {len(arrivals)} Azure conv requests at "
+          f"{DEMO_POD['num_gpu_blocks'] * 16} KV tokens each), {len(arrivals)} Azure {args.trace} requests at "
           f"{rate:.1f} req/s, mean prompt {prompts.mean():.0f} / output {outputs.mean():.0f} tokens; "
           f"time scale {args.time_scale} wall s per emulated s")
     results = []
@@ -90,8 +90,19 @@ async def _main(args: argparse.Namespace) -> int:
                   f"{preemptions} engine preemptions", flush=True)
             if len(summary.ok) < len(summary.outcomes):
                 print(f"    first error: {first_error(summary)}")
+        simulated = _simulate(args, policies, profile, (arrivals, prompts, outputs)) if args.sim else []
     print()
     print(format_table([s for s, _ in results], unit="emulated s"))
+    if simulated:
+        print(f"\nsimulator, same slice, pods and profile (emulated s):\n{'policy':<14}{'TTLT mean':>10}{'p50':>8}"
+              f"{'p99':>8}{'TTFT mean':>10}")
+        for row in simulated:
+            print(f"{row['policy']:<14}{row['ttlt_mean']:>10.2f}{row['ttlt_p50']:>8.2f}{row['ttlt_p99']:>8.2f}"
+                  f"{row['ttft_mean']:>10.3f}")
+        live = [s.label for s, _ in sorted(results, key=lambda r: r[0].stats("ttlt")["mean"])]
+        sim = [str(row["policy"]) for row in sorted(simulated, key=lambda r: r["ttlt_mean"])]
+        print(f"order by mean TTLT: live {' < '.join(live)}; simulator {' < '.join(sim)} "
+              f"({'same' if live == sim else 'DIFFERENT'})")
     if args.json:
         Path(args.json).write_text(json.dumps([
             {"policy": s.label, "ttlt": s.stats("ttlt"), "ttft": s.stats("ttft"), "rps": s.throughput_rps,
@@ -102,6 +113,30 @@ async def _main(args: argparse.Namespace) -> int:
         others = ", ".join(f"{k} {base[k] / base['sagesched']:.2f}x" for k in base if k != "sagesched")
         print(f"mean TTLT relative to sagesched: {others}")
     return 0 if all(len(s.ok) == len(s.outcomes) for s, _ in results) else 1
+
+
+def _simulate(args: argparse.Namespace, policies: list[str], profile: str, work: tuple) -> list[dict]:
+    """The discrete-event simulator on exactly the replayed requests (same arrivals in emulated
+    seconds, lengths, pod count, pod profile and history), so the live ordering of policies can be
+    checked against the simulator's."""
+    from sagesched.engine.profile import load_profile
+    from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
+    from sagesched.simulator.cluster import PolicySpec, SimConfig, simulate
+    from sagesched.simulator.report import summarize
+    from sagesched.simulator.workload import Workload
+    from sagesched.traces import load_trace
+
+    trace = load_trace(args.trace)
+    history = trace.slice(0, HISTORY_REQUESTS)
+    replayed = trace.slice(HISTORY_REQUESTS, HISTORY_REQUESTS + args.requests)
+    arrivals, prompts, outputs = work
+    rate = len(arrivals) / max(float(arrivals[-1]), 1e-9)
+    workload = Workload(trace.name, np.asarray(arrivals, float), np.asarray(prompts), np.asarray(outputs),
+                        float("nan"), rate, replayed)
+    config = SimConfig(args.pods, args.seed, DEFAULT_AGING_RATE)
+    pod_profile = load_profile(profile)
+    return [summarize(simulate(workload, PolicySpec.parse(p), pod_profile, history, trace, config), trace.name,
+                      "trace", 0.0) for p in policies]
 
 
 def main(args: argparse.Namespace) -> int:

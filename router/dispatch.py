@@ -70,11 +70,22 @@ class Dispatcher:
             request_id=req.id, model=req.model, prompt_tokens=req.prompt_tokens, arrival=req.arrival,
             distribution=req.distribution, max_tokens=req.max_tokens, priority=req.priority,
         )
+        self._submit(req)
+
+    def _submit(self, req: LiveRequest) -> None:
+        """Hand `req` to the scheduler (keeping its arrival, so its place and aging) and wait for a pass."""
+        assert req.sched is not None
         req.dispatched = asyncio.get_running_loop().create_future()
+        req.enqueued_at = time.perf_counter()
         self.scheduler.submit(req.sched, req.arrival)
         self.waiting[req.id] = req
         self._set_depth(req.model, +1)
-        self.wake()
+        if len(self.waiting) == 1:
+            # Alone in the queue: a pass now decides exactly what the coalesced pass would, without
+            # waiting a loop turn for the dispatch task (the common case whenever pods have room).
+            self._pass()
+        else:
+            self.wake()
 
     def has_pod(self, model: str) -> bool:
         """Some pod serving `model` is reachable and not ejected (it may still be busy)."""
@@ -84,6 +95,8 @@ class Dispatcher:
         """Until the policy sends `req` to a pod; 504 after the queue timeout. A cancelled waiter
         (client gone) leaves the queue."""
         assert req.dispatched is not None
+        if req.dispatched.done():  # dispatched inline at enqueue: no timer, no shield
+            return req.dispatched.result()
         try:
             return await asyncio.wait_for(asyncio.shield(req.dispatched), self.settings.queue_timeout_s)
         except asyncio.TimeoutError:
@@ -109,12 +122,7 @@ class Dispatcher:
         keeps its arrival time, so its place and aging) for the policy to place anew."""
         self.finish(req)
         req.pod, req.dispatched_at = None, None
-        req.dispatched = asyncio.get_running_loop().create_future()
-        assert req.sched is not None
-        self.scheduler.submit(req.sched, req.arrival)
-        self.waiting[req.id] = req
-        self._set_depth(req.model, +1)
-        self.wake()
+        self._submit(req)
         return await self.wait_dispatched(req)
 
     def _withdraw(self, req: LiveRequest) -> bool:
@@ -130,12 +138,14 @@ class Dispatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self.waiting:
-                continue
-            try:
-                self.dispatch_pass()
-            except Exception:  # a policy bug must not kill the router's only dispatch loop
-                log.exception("dispatch pass failed")
+            if self.waiting:
+                self._pass()
+
+    def _pass(self) -> None:
+        try:
+            self.dispatch_pass()
+        except Exception:  # a policy bug must neither kill the dispatch loop nor fail the caller
+            log.exception("dispatch pass failed")
 
     def dispatch_pass(self) -> int:
         loop_now = asyncio.get_running_loop().time()
@@ -146,6 +156,7 @@ class Dispatcher:
         self.metrics.decision_latency.labels(self.policy).observe(elapsed)
         if self.record_decisions:
             self.decision_seconds.append(elapsed)
+        decision = self.metrics.decision.labels(self.policy)
         for sreq, view in pairs:
             req = self.waiting.pop(sreq.request_id, None)
             if req is None:  # withdrawn in the same instant: give the slot back
@@ -159,6 +170,7 @@ class Dispatcher:
             self.running[req.id] = req
             self._set_depth(req.model, -1)
             self.metrics.queue_wait.labels(req.model, self.policy).observe(req.queue_wait)
+            decision.observe(time.perf_counter() - req.enqueued_at)
             self.metrics.dispatches.labels(pod.name, self.policy).inc()
             self.metrics.inflight.labels(pod.name).set(len(pod.inflight))
             if req.dispatched is not None and not req.dispatched.done():
@@ -167,7 +179,13 @@ class Dispatcher:
 
     # --- progress and completion ---------------------------------------------------------------
     def progress(self, req: LiveRequest) -> None:
+        first = req.sched is not None and req.sched.generated <= 0
         self.scheduler.on_progress(req.id, req.output_tokens)
+        if first and self.waiting:
+            # Admission holds back pods with `engine_buffer` requests yet to stream; a first token
+            # frees such a place, and without a pass now the queue would wait for the next arrival,
+            # finish or metrics scrape.
+            self.wake()
 
     def finish(self, req: LiveRequest) -> None:
         """`req` left its pod (done, failed or aborted): free its place and dispatch again."""
@@ -181,7 +199,8 @@ class Dispatcher:
             req.pod.inflight.discard(req.id)
             req.pod.delta -= 1
             self.metrics.inflight.labels(req.pod.name).set(len(req.pod.inflight))
-        self.wake()
+        if self.waiting:  # a freed slot matters only to a queued request
+            self.wake()
 
     def _set_depth(self, model: str, delta: int) -> None:
         self.depth[model] += delta

@@ -67,8 +67,8 @@ async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.
                 return web.Response(body=raw, content_type="application/json")
             out = web.StreamResponse(headers=SSE_HEADERS)
             await out.prepare(request)
-            async for event in router.upstream.events(req, resp, router.now, lambda: router.on_token(req)):
-                await out.write(event)
+            async for data in router.upstream.relay(req, resp, router.now, lambda: router.on_token(req)):
+                await out.write(data)
             req.finished_at = router.now()
     except RouterError as err:
         if out is None:

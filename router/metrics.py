@@ -21,6 +21,7 @@ POD_SNAPSHOT_AGE = "sagesched_pod_snapshot_age_seconds"
 ERRORS = "sagesched_errors_total"
 REQUESTS = "sagesched_requests_total"
 DECISION_LATENCY = "sagesched_dispatch_decision_seconds"
+DECISION = "sagesched_decision_seconds"
 INFLIGHT = "sagesched_inflight_requests"
 POD_EJECTIONS = "sagesched_pod_ejections_total"
 HISTORY_DROPPED = "sagesched_history_dropped_total"
@@ -39,6 +40,8 @@ HELP = {
     ERRORS: "Errors by kind (bad_request, unknown_model, queue_full, queue_timeout, no_pods, upstream, cancelled).",
     REQUESTS: "Requests answered, by model and HTTP status code.",
     DECISION_LATENCY: "Duration of one scheduler dispatch pass.",
+    DECISION: "Time from a request entering the scheduler until its dispatch to a pod (waiting for a free pod "
+              "included): the router's scheduling cost as a request sees it.",
     INFLIGHT: "Requests this router has in flight on each pod.",
     POD_EJECTIONS: "Times a pod was taken out of rotation after consecutive failed requests.",
     HISTORY_DROPPED: "Completion records not written to the history store (store unreachable or backlog full).",
@@ -47,6 +50,9 @@ HELP = {
 # Latency buckets from sub-millisecond router work up to multi-minute generations.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+# Enqueue-to-dispatch: fine around the 0.2 ms target, then up to queueing behind busy pods.
+ENQUEUE_DISPATCH_BUCKETS = (1e-5, 2e-5, 3e-5, 5e-5, 7.5e-5, 1e-4, 1.5e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3,
+                            1e-2, 0.1, 1, 10, 60)
 PREDICTOR_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1)
 TOKEN_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -76,6 +82,7 @@ class RouterMetrics:
         self.requests = Counter(REQUESTS.removesuffix("_total"), HELP[REQUESTS], ["model", "code"], registry=r)
         self.decision_latency = Histogram(DECISION_LATENCY, HELP[DECISION_LATENCY], ["policy"],
                                           buckets=DECISION_BUCKETS, registry=r)
+        self.decision = Histogram(DECISION, HELP[DECISION], ["policy"], buckets=ENQUEUE_DISPATCH_BUCKETS, registry=r)
         self.inflight = Gauge(INFLIGHT, HELP[INFLIGHT], ["pod"], registry=r)
         self.pod_ejections = Counter(POD_EJECTIONS.removesuffix("_total"), HELP[POD_EJECTIONS], ["pod"], registry=r)
         self.history_dropped = Counter(HISTORY_DROPPED.removesuffix("_total"), HELP[HISTORY_DROPPED], registry=r)

@@ -16,6 +16,8 @@ from .request import Api, LiveRequest
 CHARS_PER_TOKEN = 4
 # Chat templates add a few tokens of framing per message.
 TOKENS_PER_MESSAGE = 4
+# Counts and priorities beyond int32 mean nothing to any engine and overflow numpy and C longs.
+MAX_INT = 2**31 - 1
 
 
 def estimate_tokens(chars: int) -> int:
@@ -34,8 +36,8 @@ def _int_field(body: dict, name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise bad_request(f"`{name}` must be a non-negative integer", param=name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT:
+        raise bad_request(f"`{name}` must be an integer from 0 to {MAX_INT}", param=name)
     return value
 
 
@@ -85,8 +87,8 @@ def parse_request(api: Api, body: dict[str, Any], now: float, request_id: str | 
     if body.get("n", 1) != 1:
         raise bad_request("only n=1 is supported", param="n")
     priority = body.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise bad_request("`priority` must be an integer", param="priority")
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_INT:
+        raise bad_request(f"`priority` must be an integer within ±{MAX_INT}", param="priority")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad_request("`stream_options` must be an object", param="stream_options")

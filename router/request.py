@@ -48,6 +48,7 @@ class LiveRequest:
     # --- enqueue / dispatch --------------------------------------------------------------------
     sched: "SchedRequest | None" = None
     dispatched: asyncio.Future | None = field(default=None, repr=False)
+    enqueued_at: float = 0.0  # perf_counter when it entered the scheduler: the loop clock is too coarse
     pod: "PodEntry | None" = None
     dispatched_at: float | None = None
     # --- stream --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ over stretches of pure decode in one vectorised move; its results equal repeated
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -18,6 +19,10 @@ from .kv_cache import KVCache, blocks_for
 from .profile import StepTimeProfile
 from .queues import make_queue
 from .request import EngineRequest, FinishReason, RequestStatus
+
+# A decode run this short is timed with scalar float additions, longer ones with numpy; both add the
+# same numbers in the same order, so the choice changes only speed.
+SCALAR_RUN = 24
 
 
 @dataclass
@@ -150,7 +155,8 @@ class Engine:
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
-            n = min(req.prompt_tokens + req.generated - req.num_computed_tokens, budget)
+            n = req.prompt_tokens + req.generated - req.num_computed_tokens
+            n = n if n < budget else budget  # min(), without the call: this loop runs per request per step
             if req.num_computed_tokens + n <= req.num_blocks * bs:  # fits its blocks: the hot path
                 batch[req] = n
                 budget -= n
@@ -229,29 +235,32 @@ class Engine:
         """Advance computation, sample a token where the cache caught up, retire finished."""
         self.counters.steps += out.steps
         self.counters.busy_seconds += out.duration
-        decoding = 0
+        now, tokens = self.now, out.tokens
+        decoding = emitted = 0
         for req, n in batch.items():
-            req.num_computed_tokens += n
-            if req.num_computed_tokens < req.prompt_tokens + req.generated:
+            computed = req.num_computed_tokens + n
+            req.num_computed_tokens = computed
+            if computed < req.prompt_tokens + req.generated:
                 continue  # a prefill chunk: nothing sampled yet
-            self._emit(req, out)
+            req.generated += 1
+            req.last_token_time = now
+            tokens[req.request_id] = 1
+            emitted += 1
+            if req.first_token_time is None:
+                self._first_token(req, out)
             if req.generated >= req.limit:
                 self._complete(req, out)
             else:
                 decoding += 1
+        self.counters.generation_tokens += emitted
         if out.finished:
             self.running = [r for r in self.running if r.status is RequestStatus.RUNNING]
         self._all_decoding = decoding == len(self.running) > 0
 
-    def _emit(self, req: EngineRequest, out: StepOutcome) -> None:
-        req.generated += 1
-        req.last_token_time = self.now
-        out.tokens[req.request_id] = 1
-        self.counters.generation_tokens += 1
-        if req.first_token_time is None:
-            req.first_token_time = self.now
-            out.first_tokens.append(req.request_id)
-            self.counters.prompt_tokens += req.prompt_tokens
+    def _first_token(self, req: EngineRequest, out: StepOutcome) -> None:
+        req.first_token_time = self.now
+        out.first_tokens.append(req.request_id)
+        self.counters.prompt_tokens += req.prompt_tokens
 
     def _finish(self, req: EngineRequest, reason: str) -> None:
         self.kv.free(req)
@@ -268,7 +277,7 @@ class Engine:
         end = self.now + horizon
         total = StepOutcome()
         while self.has_work and self.now < end:
-            k = self._decode_run_length()
+            k = self._decode_run_length(end)
             part = self._jump(k, end) if k > 1 else self.step()
             if total.steps == 0:
                 total = part  # the common single-part case needs no merging
@@ -280,20 +289,31 @@ class Engine:
                 break
         return total
 
-    def _decode_run_length(self) -> int:
+    def _decode_run_length(self, end: float = math.inf) -> int:
         """How many upcoming iterations are pure decode with an identical batch: every running
         request decodes, nothing waiting can be admitted, no block allocation fails, no request
-        finishes before the last of them. 0 when the next iteration is not of that kind."""
+        finishes before the last of them. 0 when the next iteration is not of that kind. Capped
+        at a bound on the iterations that start before `end`: `_jump` cuts the run there anyway."""
         running = self.running
         n = len(running)
         if not self._all_decoding or n == 0 or n > self.profile.max_num_batched_tokens:
             return 0
         computed = np.array([r.num_computed_tokens for r in running], np.int64)
-        steps_to_finish = min([r.limit - r.generated for r in running])
+        steps_to_finish = min(min([r.limit - r.generated for r in running]), self._steps_before(end, n))
         fit = self._steps_that_fit(computed, steps_to_finish)
         if fit == 0 or self._waiting_could_enter(computed):
             return 0
         return fit
+
+    def _steps_before(self, end: float, n: int) -> int:
+        """About how many decode iterations of `n` sequences start before `end` (none is shorter
+        than one with no context; two spare). Any cap on a decode run gives the same results, as
+        `advance` carries on from where a run stops; this one only spares timing iterations that
+        the horizon would cut off."""
+        shortest = self.profile.step_seconds(n, n, 0, 0)
+        if shortest <= 0 or not math.isfinite(end):
+            return 2**62
+        return int((end - self.now) / shortest) + 2
 
     def _new_blocks(self, computed: np.ndarray, steps: int) -> int:
         bs = self.kv.block_size
@@ -330,20 +350,38 @@ class Engine:
         """Apply up to `k` pure-decode iterations at once (fewer if the horizon comes first)."""
         n = len(self.running)
         context0 = sum([r.prompt_tokens + r.generated for r in self.running])
-        contexts = context0 + n * np.arange(k, dtype=np.int64)
-        durations = self.profile.step_seconds(n, n, contexts, 0)  # vectorised, same arithmetic
-        clock = np.cumsum(np.concatenate(([self.now], durations)))  # sequential sums, as step()
-        k = min(k, int(np.searchsorted(clock[:k], end, side="left")))
-        self.now = float(clock[k])
-        busy = np.cumsum(np.concatenate(([self.counters.busy_seconds], durations[:k])))
-        out = StepOutcome(duration=float(np.cumsum(durations[:k])[-1]), steps=k)
+        timed = self._time_short_run if k <= SCALAR_RUN else self._time_long_run
+        k, self.now, busy, duration = timed(n, context0, k, end)
+        out = StepOutcome(duration=duration, steps=k)
         self.counters.steps += k
-        self.counters.busy_seconds = float(busy[-1])
+        self.counters.busy_seconds = busy
         self._grow_decodes(k, out)
         if out.finished:
             self.running = [r for r in self.running if r.status is RequestStatus.RUNNING]
             self._all_decoding = bool(self.running)
         return out
+
+    def _time_short_run(self, n: int, context0: int, k: int, end: float) -> tuple[int, float, float, float]:
+        """(iterations that start before `end`, at most k; clock, busy seconds and duration after
+        them), summed one iteration at a time exactly as `step()` would."""
+        now, busy, duration, context, taken = self.now, self.counters.busy_seconds, 0.0, context0, 0
+        while taken < k and now < end:
+            d = self.profile.step_seconds(n, n, context, 0)
+            now += d
+            busy += d
+            duration = d if taken == 0 else duration + d
+            context += n
+            taken += 1
+        return taken, now, busy, duration
+
+    def _time_long_run(self, n: int, context0: int, k: int, end: float) -> tuple[int, float, float, float]:
+        """`_time_short_run` in numpy: cumulative sums are sequential, so the same additions."""
+        contexts = context0 + n * np.arange(k, dtype=np.int64)
+        durations = self.profile.step_seconds(n, n, contexts, 0)  # vectorised, same arithmetic
+        clock = np.cumsum(np.concatenate(([self.now], durations)))
+        k = min(k, int(np.searchsorted(clock[:k], end, side="left")))
+        busy = np.cumsum(np.concatenate(([self.counters.busy_seconds], durations[:k])))
+        return k, float(clock[k]), float(busy[-1]), float(np.cumsum(durations[:k])[-1])
 
     def _grow_decodes(self, k: int, out: StepOutcome) -> None:
         """Every running request decoded `k` tokens. One pass with locals bound: this loop runs

@@ -20,6 +20,7 @@ from sagesched.scheduling.priority import engine_priority
 from sagesched.scheduling.queue import AgingQueue
 from sagesched.scheduling.types import PodView, SchedRequest
 
+_NO_LOAD = PodLoad()  # read-only stand-in for a pod we have sent nothing yet (lookups create nothing)
 DEFAULT_AGING_RATE = 0.012  # pod-seconds of rank forgiven per second waited: bench/results/sim/README.md (aging sweep)
 
 
@@ -72,8 +73,10 @@ class Scheduler:
         """Release every queued request that may go now, in policy order, each to its chosen pod.
         A central-queue policy stops a model's queue at the first request no pod can take (strict
         order: backfilling past it would starve big requests)."""
+        by_pod = self._by_pod
         for pod in pods:
-            pod.inflight = list(self._by_pod.get(pod.name, {}).values())
+            mine = by_pod.get(pod.name)
+            pod.inflight = list(mine.values()) if mine else []
         self._update_scarcity(pods)
         released: list[tuple[SchedRequest, PodView]] = []
         for queue in self._queues.values():
@@ -88,9 +91,9 @@ class Scheduler:
 
     def _update_scarcity(self, pods: Sequence[PodView]) -> None:
         live = [p for p in pods if p.eligible]
-        if live:
-            kv = sum(p.kv_usage for p in live) / len(live)
-            fill = sum(p.num_running / p.profile.max_num_seqs for p in live) / len(live)
+        if live:  # lists, not generators: the same sums in the same order, at every dispatch
+            kv = sum([p.kv_usage for p in live]) / len(live)
+            fill = sum([p.num_running / p.profile.max_num_seqs for p in live]) / len(live)
             self._memory_weight = memory_weight_for(kv, fill)
 
     def _place(
@@ -102,9 +105,10 @@ class Scheduler:
         poly = self._poly(req)
         new = self._contribution(req, poly)
         if self.policy.central_queue:
+            admission, loads = self.admission, self._load  # bound once: this runs for every pod
             candidates = [
                 p for p in candidates
-                if self.admission.has_room(p) and self.admission.fits(p, self._load_of(p.name), new)
+                if admission.has_room(p) and admission.fits(p, loads.get(p.name, _NO_LOAD), new)
             ]
         if not candidates:
             return None
@@ -115,7 +119,7 @@ class Scheduler:
     def _work(self, pod: PodView) -> float:
         """Expected outstanding pod-seconds: ours, plus requests the engine reports that we did
         not send (other router replicas), each counted at our average."""
-        load = self._load_of(pod.name)
+        load = self._load.get(pod.name, _NO_LOAD)
         ours = len(pod.inflight)
         others = max(pod.num_running + pod.num_waiting - ours, 0)
         return load.work + (others * load.work / ours if ours else 0.0)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import copy
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sagesched.engine import engine as engine_module
 from sagesched.engine import Engine, EngineRequest, FinishReason, RequestStatus, load_profile
 from sagesched.engine.kv_cache import blocks_for
 
@@ -153,16 +155,20 @@ def test_latency_fields_are_consistent():
         assert r.finish_time == r.last_token_time
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), scheduling=st.sampled_from(["fcfs", "priority"]),
-       blocks=st.integers(64, 400), stop_on_finish=st.booleans())
-def test_advance_equals_repeated_step_exactly(seed, scheduling, blocks, stop_on_finish):
+       blocks=st.integers(64, 400), stop_on_finish=st.booleans(),
+       scalar_run=st.sampled_from([0, engine_module.SCALAR_RUN, 10**9]))
+def test_advance_equals_repeated_step_exactly(seed, scheduling, blocks, stop_on_finish, scalar_run):
+    """Whichever way a decode run is timed (numpy, scalar, or the default mix)."""
     profile = small_profile(num_gpu_blocks=blocks, max_num_seqs=12)
     workload = random_workload(seed, 40, spacing=0.02, priorities=3)
     stepped, advanced = Engine(profile, scheduling), Engine(profile, scheduling)
     by_step, by_advance = copy.deepcopy(workload), copy.deepcopy(workload)
     run_by_steps(stepped, by_step)
-    run_by_advance(advanced, by_advance, stop_on_finish)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine_module, "SCALAR_RUN", scalar_run)
+        run_by_advance(advanced, by_advance, stop_on_finish)
     assert [request_state(r) for r in by_advance] == [request_state(r) for r in by_step]
     assert advanced.counters == stepped.counters
     assert advanced.now == stepped.now

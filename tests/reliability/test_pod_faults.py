@@ -1,0 +1,134 @@
+"""Pods that die or fail: the client gets a well-formed error (or a retry elsewhere), the router
+forgets the request, and a failing pod is ejected and later readmitted."""
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import openai
+from aiohttp import web
+
+from sagesched.emulator import EmulatedPod, PodConfig
+
+from .conftest import MODEL, assert_openai_error, eventually
+
+
+def sse_payloads(raw: bytes) -> list[bytes]:
+    return [e[len(b"data: "):] for e in raw.split(b"\n\n") if e.startswith(b"data: ")]
+
+
+def router_is_idle(router) -> bool:
+    r = router.router
+    return (not r.scheduler.inflight() and not r.dispatcher.running and not r.dispatcher.waiting
+            and all(not p.inflight for p in r.pods.pods.values()))
+
+
+async def test_pod_killed_mid_stream_ends_the_stream_with_an_openai_error_event(pod_processes, make_router):
+    pod = pod_processes(time_scale=1.0)  # real time: the stream is still running when the pod dies
+    router = await make_router([pod.url])
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 5000, "stream": True, "ignore_eos": True}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with session.post(f"{router.url}/v1/completions", json=body) as resp:
+            assert resp.status == 200
+            first = await resp.content.readuntil(b"\n\n")
+            assert b'"text"' in first
+            pod.kill()
+            rest = await resp.content.read()  # returns: the stream ends instead of hanging
+    last = json.loads(sse_payloads(first + rest)[-1])
+    assert assert_openai_error(last)["code"] == "upstream_error"
+    await eventually(lambda: router_is_idle(router), what="in-flight accounting released")
+    assert router.router.pods.pods[pod.url.removeprefix("http://")].failures >= 1
+
+
+async def test_openai_client_sees_a_pod_death_mid_stream_as_an_api_error(pod_processes, make_router):
+    pod = pod_processes(time_scale=1.0)
+    router = await make_router([pod.url])
+    client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    stream = await client.completions.create(model=MODEL, prompt="hi", max_tokens=5000, stream=True,
+                                             extra_body={"ignore_eos": True})
+    received = 0
+    try:
+        async for _chunk in stream:
+            received += 1
+            if received == 2:
+                pod.kill()
+        raise AssertionError("the stream ended without reporting the pod's death")
+    except openai.APIError as exc:
+        assert "stream broke" in exc.message or "failed" in exc.message
+    await eventually(lambda: router_is_idle(router), what="in-flight accounting released")
+
+
+async def test_request_to_a_dead_pod_is_retried_on_another_pod(pod_processes, make_router):
+    dead, alive = pod_processes(), pod_processes()
+    # Scrapes are rare here, so the router still believes the dead pod is up when requests arrive.
+    router = await make_router([dead.url, alive.url], scrape_interval_s=60, policy="round-robin")
+    dead.kill()
+    client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0, timeout=30)
+    for stream in (False, True, False, True):
+        resp = await client.completions.create(model=MODEL, prompt="hi", max_tokens=3, stream=stream,
+                                               extra_body={"ignore_eos": True})
+        if stream:
+            assert len([c async for c in resp if c.choices]) == 3
+        else:
+            assert resp.usage.completion_tokens == 3
+    entry = router.router.pods.pods[dead.url.removeprefix("http://")]
+    assert entry.failures >= 1 and not entry.reachable
+    assert router_is_idle(router)
+
+
+async def test_no_live_pod_left_is_a_502_in_openai_shape(pod_processes, make_router):
+    pod = pod_processes()
+    router = await make_router([pod.url], scrape_interval_s=60)
+    pod.kill()
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "hi"}) as resp:
+            assert resp.status == 502
+            assert assert_openai_error(await resp.json())["code"] == "upstream_error"
+    assert router_is_idle(router)
+
+
+class FlakyPod(EmulatedPod):
+    """An emulated pod whose generation endpoints answer 500 and whose /health answers 503 while
+    `broken` (an engine whose GPU failed: metrics still scrape, work fails)."""
+
+    broken = False
+
+    def _app(self) -> web.Application:
+        app = super()._app()
+
+        @web.middleware
+        async def faults(request: web.Request, handler):
+            if self.broken and request.method == "POST":
+                return web.json_response({"error": {"message": "engine dead"}}, status=500)
+            if self.broken and request.path == "/health":
+                return web.Response(status=503)
+            return await handler(request)
+
+        app.middlewares.append(faults)
+        return app
+
+
+async def test_pod_is_ejected_after_consecutive_5xx_and_readmitted_when_healthy(make_router):
+    pod = await FlakyPod(PodConfig(model=MODEL, time_scale=0.001)).start()
+    try:
+        router = await make_router([pod.base_url], eject_after_failures=3, upstream_retries=0)
+        entry = next(iter(router.router.pods.pods.values()))
+        pod.broken = True
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "hi"}) as r:
+                    assert r.status == 502  # the pod's 500 is the router's bad gateway, not its own fault
+                    assert_openai_error(await r.json())
+            assert entry.ejected
+            async with session.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "hi"}) as r:
+                assert r.status == 503  # ejected: no pod to send to, answered at once
+                assert assert_openai_error(await r.json())["code"] == "no_pods"
+            pod.broken = False
+            await eventually(lambda: not entry.ejected, what="readmission after a good health probe")
+            async with session.post(f"{router.url}/v1/completions",
+                                    json={"model": MODEL, "prompt": "hi", "max_tokens": 2}) as r:
+                assert r.status == 200
+        assert b'pod_ejections_total{pod="' in router.router.metrics.exposition()[0]
+        assert router_is_idle(router)
+    finally:
+        await pod.stop()

@@ -21,6 +21,7 @@ from functools import lru_cache
 from aiohttp import web
 
 from sagesched import engine_metrics as em
+from sagesched.http_serve import serve_app
 
 
 class InstantPod:
@@ -48,11 +49,7 @@ class InstantPod:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/health", self._health)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app, self.host, self.port)
         return self
 
     async def stop(self) -> None:

@@ -313,8 +313,8 @@ def _pct(x: list[float], q: float) -> float:
 def _rates(args: argparse.Namespace, stack: _Stack) -> None:
     from sagesched.router.metrics import DECISION
 
-    print(f"{'rate/s':>7} | {'direct p50':>10}{'p99':>7} | {'router p50':>10}{'p99':>7} | {'added p50':>9}"
-          f"{'p99':>7} ms | {'decision p50':>12}{'p99':>7} ms | {'cpu/req':>7} us | {'lag p99':>7} ms | err")
+    print(f"{'rate/s':>7} | {'direct p50':>10}{'p99':>8} | {'router p50':>10}{'p99':>8} | {'added p50':>9}"
+          f"{'p99':>8} ms | {'decision p50':>12}{'p99':>8} ms | {'cpu/req':>7} us | {'lag p99':>7} ms | err")
     for i, rate in enumerate(float(r) for r in args.rates.split(",")):
         count = int(rate * args.duration)
         direct = _drive(stack.pod_urls, rate, count, args.tokens, i)
@@ -327,8 +327,8 @@ def _rates(args: argparse.Namespace, stack: _Stack) -> None:
         ms = 1e3
         d50, d99 = _pct(direct.latencies, 50) * ms, _pct(direct.latencies, 99) * ms
         r50, r99 = _pct(routed.latencies, 50) * ms, _pct(routed.latencies, 99) * ms
-        print(f"{rate:>7.0f} | {d50:>10.2f}{d99:>7.2f} | {r50:>10.2f}{r99:>7.2f} | {r50 - d50:>9.2f}{r99 - d99:>7.2f}"
-              f"    | {_quantile(bounds, counts, 0.5) * ms:>12.3f}{_quantile(bounds, counts, 0.99) * ms:>7.3f}"
+        print(f"{rate:>7.0f} | {d50:>10.2f}{d99:>8.2f} | {r50:>10.2f}{r99:>8.2f} | {r50 - d50:>9.2f}{r99 - d99:>8.2f}"
+              f"    | {_quantile(bounds, counts, 0.5) * ms:>12.3f}{_quantile(bounds, counts, 0.99) * ms:>8.3f}"
               f"    | {cpu:>7.0f}    | {max(direct.lag_p99, routed.lag_p99) * ms:>7.2f}    | "
               f"{direct.errors + routed.errors}", flush=True)
         for result in (direct, routed):

@@ -46,22 +46,21 @@ def _metrics_text(i: int) -> str:
 async def _serve(n: int) -> None:
     from aiohttp import web
 
-    ports = []
+    from sagesched.http_serve import serve_app
+
+    ports, runners = [], []
     for i in range(n):
         text = _metrics_text(i)
         app = web.Application()
         app.router.add_get("/metrics", lambda _r, t=text: web.Response(text=t, content_type="text/plain"))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        ports.append(site._server.sockets[0].getsockname()[1])
+        runner, port = await serve_app(app, "127.0.0.1", 0)
+        runners.append(runner)
+        ports.append(port)
     print(json.dumps(ports), flush=True)
     await asyncio.Event().wait()
 
 
 async def _scrape(ports: list[int], args: argparse.Namespace) -> dict:
-    from sagesched.operator import metrics as m
     from sagesched.operator.scraper import Target, make_session, scrape_all, snapshots_from
     from sagesched.state.pod_store import open_store
 

@@ -47,22 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = subparsers.add_parser("demo", help="emulated pods + router + Azure trace replay: policy comparison",
                               description="Start N emulated vLLM pods and a router in this process, replay a "
-                                          "slice of the Azure conversation trace through the router with the "
-                                          "official openai client, once per policy, and compare latencies.")
+                                          "slice of an Azure production trace through the router with the "
+                                          "official openai client, once per policy, compare latencies, and "
+                                          "check the order against the simulator on the same slice.")
     d.add_argument("--pods", type=int, default=4, help="emulated pods (default 4)")
-    d.add_argument("--requests", type=int, default=200, help="trace requests per policy (default 200)")
-    d.add_argument("--rate", type=float, default=9.0,
-                   help="mean arrivals per emulated second, trace burstiness kept (default 9; 0 = the trace rate)")
-    d.add_argument("--time-scale", type=float, default=0.5,
-                   help="wall seconds per emulated second, as the emulator counts (default 0.5: twice as fast)")
+    d.add_argument("--requests", type=int, default=300, help="trace requests per policy (default 300)")
+    d.add_argument("--rate", type=float, default=30.0,
+                   help="mean arrivals per emulated second, trace burstiness kept (default 30; 0 = the trace rate)")
+    d.add_argument("--time-scale", type=float, default=1.0,
+                   help="wall seconds per emulated second (default 1: real time; below it, one process may run "
+                        "short of CPU and its latencies stretch)")
     d.add_argument("--policies", default="sagesched,round-robin,fcfs", help="comma-separated policies to compare")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--max-output", type=int, default=None, help="cap output lengths (tokens) to keep it short")
     d.add_argument("--max-prompt", type=int, default=None, help="cap prompt lengths (tokens)")
     d.add_argument("--json", default=None, help="also write the results to this JSON file")
-    d.add_argument("--trace", default="conv", choices=("conv", "code"),
-                   help="Azure trace to replay (code: prefill-heavy, large stable policy differences)")
-    d.add_argument("--sim", action="store_true",
+    d.add_argument("--trace", default="code", choices=("conv", "code"),
+                   help="Azure trace to replay (default code: prefill-heavy, large stable policy differences)")
+    d.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the simulator on the same slice, pods and profile, and compare policy order")
     d.set_defaults(func=run_demo)
 

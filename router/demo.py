@@ -1,7 +1,7 @@
 """`sagesched demo`: the embedded default in one command.
 
 Starts emulated vLLM pods (in this process, time-scaled) and a router in front of them, replays a
-slice of the Azure conversation trace through the router with the official `openai` client — once
+slice of an Azure trace (code by default) through the router with the official `openai` client — once
 per policy, on fresh pods — and prints a comparison of TTLT, TTFT and throughput. No Kubernetes, no
 Redis. Each request asks for exactly its traced output length (max_tokens + ignore_eos).
 

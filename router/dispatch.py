@@ -166,6 +166,7 @@ class Dispatcher:
             req.pod = pod
             req.dispatched_at = loop_now
             pod.inflight.add(req.id)
+            pod.unstarted.add(req.id)
             pod.delta += 1
             self.running[req.id] = req
             self._set_depth(req.model, -1)
@@ -181,6 +182,8 @@ class Dispatcher:
     def progress(self, req: LiveRequest) -> None:
         first = req.sched is not None and req.sched.generated <= 0
         self.scheduler.on_progress(req.id, req.output_tokens)
+        if req.pod is not None:
+            req.pod.unstarted.discard(req.id)
         if first and self.waiting:
             # Admission holds back pods with `engine_buffer` requests yet to stream; a first token
             # frees such a place, and without a pass now the queue would wait for the next arrival,
@@ -197,6 +200,7 @@ class Dispatcher:
         self._finishes.setdefault(req.model, deque(maxlen=64)).append(now)
         if req.pod is not None:
             req.pod.inflight.discard(req.id)
+            req.pod.unstarted.discard(req.id)
             req.pod.delta -= 1
             self.metrics.inflight.labels(req.pod.name).set(len(req.pod.inflight))
         if self.waiting:  # a freed slot matters only to a queued request

@@ -44,6 +44,10 @@ class PodEntry:
     # Our dispatches minus our finishes since the snapshot was taken: a scrape is up to an interval
     # old, and a pod that just finished a request must not look full until the next one.
     delta: int = 0
+    # Ours there that have streamed nothing yet (queued or prefilling at the engine), now and when the
+    # snapshot was taken: the snapshot's waiting count minus the latter is other clients' waiting.
+    unstarted: set[str] = field(default_factory=set)
+    unstarted_at_snapshot: int = 0
     # Consecutive failed requests (connect errors, 5xx); at `eject_after_failures` the pod is
     # ejected: it takes nothing new until a health probe (static pods) or a fresh ready snapshot
     # (store pods) readmits it.
@@ -54,13 +58,21 @@ class PodEntry:
     def priority_mode(self) -> bool:
         return self.scheduling == "priority"
 
+    def took_snapshot(self) -> None:
+        """A fresh snapshot replaces our since-then adjustments."""
+        self.delta = 0
+        self.unstarted_at_snapshot = len(self.unstarted)
+
     def view(self, now_unix: float, max_age: float) -> PodView:
+        """The snapshot corrected by what we did since: the total by our dispatches and finishes,
+        the waiting part by which of ours have started streaming (a request dispatched after the
+        scrape and already decoding must not hold the pod's admission until the next scrape)."""
         snap = self.snapshot
         stale = snap is None or snap.is_stale(now_unix, max_age)
-        running = snap.num_running if snap else 0
-        waiting = (snap.num_waiting if snap else 0) + self.delta
-        if waiting < 0:
-            running, waiting = max(0, running + waiting), 0
+        total = max(0, (snap.num_running + snap.num_waiting if snap else 0) + self.delta)
+        others_waiting = max(0, (snap.num_waiting if snap else 0) - self.unstarted_at_snapshot)
+        waiting = min(total, others_waiting + len(self.unstarted))
+        running = total - waiting
         return PodView(
             name=self.name,
             models=self.models,
@@ -160,7 +172,7 @@ class PodSet:
         snap = _parse_metrics(text, entry)
         snap.scraped_at = time.time()
         entry.snapshot = snap
-        entry.delta = 0
+        entry.took_snapshot()
         entry.reachable = True
 
     async def _scrape_loop(self, entry: PodEntry) -> None:
@@ -214,7 +226,7 @@ class PodSet:
             elif entry.static:
                 continue  # a statically configured pod is scraped by us; ours is fresher
             if entry.snapshot is None or snap.scraped_at != entry.snapshot.scraped_at:
-                entry.delta = 0
+                entry.took_snapshot()
                 if entry.ejected and snap.ready:
                     self.readmit(entry)
             entry.snapshot = snap

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from sagesched.http_serve import serve_app
+
 from .http import build_app
 from .pipeline import Router
 from .settings import RouterSettings
@@ -68,12 +70,8 @@ class RouterServer:
             log.warning("not every pod answered within %.0fs; serving anyway", wait_for_pods)
         # handler_cancellation: a client that disconnects cancels its handler, which is how a queued
         # request leaves the queue and a streaming one aborts its upstream request.
-        self._runner = web.AppRunner(build_app(self.router), handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=4096,
-                           ssl_context=self._ssl_context())
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(build_app(self.router), self.settings.host, self.settings.port,
+                                                  handler_cancellation=True, ssl_context=self._ssl_context())
         if self.settings.grpc_port is not None:
             from .grpc_api import start_grpc
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sagesched.engine import DEFAULT_PROFILE, Engine, EngineRequest, StepOutcome, load_profile
+from sagesched.http_serve import serve_app
 
 from .metrics import PodMetrics
 from .protocol import APIError, ParsedRequest, ResponseShape, check_context, models_body, parse_request, usage
@@ -85,11 +86,8 @@ class EmulatedPod:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._loop_task = asyncio.create_task(self._run_engine(), name=f"engine:{self.config.port}")
-        self._runner = web.AppRunner(self._app(), handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(self._app(), self.config.host, self.config.port,
+                                                  handler_cancellation=True)
         return self
 
     async def stop(self) -> None:

@@ -156,8 +156,8 @@ def prometheus_with_traffic(tmp_path_factory) -> Iterator[tuple[str, float]]:
 
 
 async def drive_predictor(target: str, n: int) -> None:
-    """Predictions and completion reports straight to the predictor service (calibration data),
-    as the router will once it wires its predictor client (see ROUTER_PREDICTOR_GAP)."""
+    """Predictions and completion reports straight to the predictor service, so its calibration
+    series have a known number of reports however many the routers sent."""
     from sagesched.distribution import LengthDistribution
     from sagesched.predictor.client import ClientSettings, PredictorClient
     from sagesched.predictor.types import CompletionRecord, PredictQuery
@@ -248,36 +248,12 @@ def expand(expr: str) -> str:
     return expr
 
 
-# The router does not yet build its predictor client from --predictor (router/server.py passes
-# none), so it never counts fallbacks live. Until it does, these names are checked against the
-# router's own metrics registry instead of live data (the predictor-wait histogram is exported,
-# but stays at zero). Empty this set once the router wires the client.
-ROUTER_PREDICTOR_GAP = {"sagesched_predictor_fallbacks_total", "sagesched_predictor_latency_seconds_bucket",
-                        "sagesched_predictor_latency_seconds_count"}
-
-
-def router_registry_names() -> set[str]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from sagesched.router.metrics import RouterMetrics
-
-    m = RouterMetrics()
-    m.predictor_fallbacks.labels("deadline").inc()
-    text = m.exposition()[0].decode()
-    return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
-
-
 def test_every_dashboard_query_returns_data_from_exported_metrics(prometheus_with_traffic):
     base, at = prometheus_with_traffic
     known = metric_names(base)
-    declared = router_registry_names()
     problems = []
     for board, panel, expr in dashboard_queries():
-        names = set(METRIC_TOKEN.findall(expr))
-        if names & ROUTER_PREDICTOR_GAP:
-            assert names <= known | declared, (board, panel, names - known - declared)
-            continue
-        missing = names - known
+        missing = set(METRIC_TOKEN.findall(expr)) - known
         if missing:
             problems.append(f"{board} / {panel}: metrics not exported: {sorted(missing)}")
             continue
@@ -307,7 +283,7 @@ def test_every_rule_expression_runs_on_exported_metrics(prometheus_with_traffic)
     known = metric_names(base)
     for group in yaml.safe_load(RULES.read_text())["groups"]:
         for rule in group["rules"]:
-            missing = set(METRIC_TOKEN.findall(rule["expr"])) - known - (ROUTER_PREDICTOR_GAP & router_registry_names())
+            missing = set(METRIC_TOKEN.findall(rule["expr"])) - known
             assert not missing, f"{rule['alert']}: metrics not exported: {sorted(missing)}"
             query(base, rule["expr"], at)  # parses and evaluates
 

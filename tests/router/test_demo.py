@@ -13,6 +13,7 @@ async def test_demo_replays_the_trace_through_each_policy(capsys, tmp_path):
     assert await _main(args) == 0
     out = capsys.readouterr().out
     assert "sagesched" in out and "round-robin" in out and "TTLT mean" in out
+    assert "simulator, same slice" in out and "order by mean TTLT" in out
     import json
 
     results = json.loads((tmp_path / "r.json").read_text())

@@ -56,7 +56,10 @@ def _prompt_tokens(prompt: object) -> int:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        return count_text_tokens(prompt)
+        tokens = count_text_tokens(prompt)
+        if tokens == 0:  # vLLM's check for a tokenizer that adds no BOS
+            raise APIError(400, "The decoder prompt cannot be empty", param="prompt")
+        return tokens
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         return len(prompt)
     raise APIError(400, "prompt must be a string, a list of token ids, or a one-element list of either"

@@ -90,6 +90,7 @@ async def test_models_lists_the_served_model(pod):
     (b'{"model": "llama-3-8b", "prompt": "hi", "max_tokens": -1}', 400),
     (b'{"model": "llama-3-8b", "prompt": [1, 2], "max_tokens": 8192}', 400),
     (b'{"model": "llama-3-8b", "prompt": "hi", "priority": 3}', 400),  # fcfs pod, as vLLM
+    (b'{"model": "llama-3-8b", "temperature": null, "prompt": ""}', 400),  # found by the router's fuzz test
 ])
 async def test_bad_requests_get_openai_shaped_errors(pod, body, status):
     async with aiohttp.ClientSession() as session:

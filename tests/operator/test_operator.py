@@ -114,3 +114,31 @@ async def test_restarted_operator_resumes_without_repeating_work(operator, k8s, 
 async def _newer(store, scraped_at: float) -> bool:
     snap = await store.get("ns/p1", "pod-a")
     return snap is not None and snap.scraped_at > scraped_at
+
+
+async def test_redis_restart_degrades_then_recovers_without_touching_policy_state(operator, k8s, pod_metrics,
+                                                                                redis_server):
+    """Redis stopped under a running operator: it keeps scraping, says StoreUnavailable in the
+    status (pods and spec untouched, no event storm), and republishes into the restarted, empty
+    Redis by itself."""
+    await pod_metrics.add_pod("127.0.0.9", running=2)
+    await k8s.post(PODS_URL, json=pod_body("pod-a", ip="127.0.0.9"))
+    await k8s.post(POLICY_URL, json=policy_body("p1", pod_metrics.port))
+    await eventually(lambda: _condition(k8s, "p1", "Ready").get("status") == "True")
+    spec_before = dict(_policy(k8s, "p1")["spec"])
+
+    redis_server.stop()
+    await eventually(lambda: _condition(k8s, "p1", "Degraded").get("reason") == "StoreUnavailable")
+    status = _status(k8s, "p1")
+    assert operator.running
+    assert status["readyPods"] == 1 and status["pods"][0]["running"] == 2  # scraping went on
+    assert _condition(k8s, "p1", "Ready")["reason"] == "StoreUnavailable"  # pods ready, routers not told
+    assert len(_events(k8s, "Degraded")) == 1  # one warning for the outage, not one per scrape
+
+    redis_server.start()  # empty, as after a restart without persistence
+    await eventually(lambda: operator.store.get("ns/p1", "pod-a"), timeout=20)
+    await eventually(lambda: _condition(k8s, "p1", "Degraded").get("status") == "False")
+    assert _condition(k8s, "p1", "Ready")["reason"] == "PodsReady"
+    assert dict(_policy(k8s, "p1")["spec"]) == spec_before
+    assert _status(k8s, "p1")["observedGeneration"] == 1
+    assert len(_events(k8s, "Accepted")) == 1 and not _events(k8s, "PodRemoved")

@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from sagesched.http_serve import free_port
 
 MODEL = "instant"
 # Slots per instant pod: an instant pod has no batch limit, and the benchmark must measure the
@@ -193,11 +194,6 @@ def _install_uvloop() -> None:
     uvloop.install()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _get(url: str, timeout: float = 5.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -235,7 +231,7 @@ def _stack(args: argparse.Namespace, interval: float, workdir: Path) -> Iterator
             "max_upstream_connections": 2 * max(args.streams, 1024), "snapshot_max_age_s": 3600,
             "scrape_interval_s": 0.5,
         }))
-        port = _free_port()
+        port = free_port()
         router = subprocess.Popen([sys.executable, "-m", "sagesched.cli", "router", "--config", str(config),
                                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
         procs.append(router)

@@ -48,7 +48,7 @@ async def _serve(n: int) -> None:
 
     from sagesched.http_serve import serve_app
 
-    ports, runners = [], []
+    ports, runners = [], []  # the runners stay referenced while the servers run
     for i in range(n):
         text = _metrics_text(i)
         app = web.Application()

@@ -1,20 +1,19 @@
 """Fixtures that start real processes: redis-server on a free loopback port."""
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from sagesched.http_serve import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -70,3 +69,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+async def eventually(check: Callable[[], Awaitable[object] | object], timeout: float = 15.0,
+                     interval: float = 0.05, what: str = "condition"):
+    """Poll `check` (plain or async) until it returns a truthy value, which is returned; a deadline
+    against hangs, not a performance claim (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout}s; last value: {last!r}")

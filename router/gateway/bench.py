@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from sagesched.http_serve import free_port
+
 MODEL = "instant"
 
 
@@ -53,7 +55,7 @@ async def _main(args: argparse.Namespace) -> int:
             async with session.post(f"{pods[0].base_url}/v1/completions", data=body,
                                     headers={"content-type": "application/json"}) as resp:
                 answer = await resp.read()
-        settings = RouterSettings(host="127.0.0.1", port=0, grpc_port=None, ext_proc_port=_free_port(),
+        settings = RouterSettings(host="127.0.0.1", port=0, grpc_port=None, ext_proc_port=free_port(),
                                   policy=args.policy, scrape_interval_s=0.1,
                                   backends=[Backend(url=p.base_url) for p in pods])
         server = await RouterServer(settings).start()
@@ -120,13 +122,6 @@ async def _main(args: argparse.Namespace) -> int:
             await server.stop()
     return 0
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_extproc(args: argparse.Namespace) -> int:

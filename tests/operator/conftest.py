@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp.web
 import jsonpatch
@@ -19,6 +18,7 @@ from sagesched import engine_metrics as em
 from sagesched.operator.handlers import run_operator
 from sagesched.operator.settings import OperatorSettings
 from sagesched.state.pod_store import RedisPodStore
+from tests.conftest import eventually  # noqa: F401 (the operator tests import it from here)
 
 POLICIES = "sagesched.io/v1alpha1/sageschedpolicies"
 
@@ -158,21 +158,6 @@ def policy_body(name: str, metrics_port: int, **spec_overrides) -> dict:
     return {"apiVersion": "sagesched.io/v1alpha1", "kind": "SageSchedPolicy",
             "metadata": {"name": name, "namespace": "ns"},
             "spec": spec}
-
-
-async def eventually(check: Callable[[], Awaitable[object] | object], timeout: float = 15.0,
-                     interval: float = 0.05):
-    """Poll `check` until it returns a truthy value or the deadline passes (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
 
 class OperatorHandle:

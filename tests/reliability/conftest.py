@@ -3,6 +3,7 @@ and never answers, routers in this process (so a test can inspect their schedule
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 from sagesched.router.server import RouterServer
 from sagesched.router.settings import Backend, RouterSettings
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import eventually as shared_eventually, free_port, wait_for_port
 
 MODEL = "emu-model"
 
@@ -83,14 +84,8 @@ async def make_router() -> AsyncIterator[Callable[..., Awaitable[RouterServer]]]
         await server.stop()
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    """Wait until `predicate()` holds; a deadline against hangs, not a performance claim."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s")
-        await asyncio.sleep(0.02)
+# Faults take longer to play out than the operator's reconciles: a roomier deadline, finer polls.
+eventually = functools.partial(shared_eventually, timeout=30.0, interval=0.02)
 
 
 def assert_openai_error(body: object) -> dict:

@@ -33,11 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sagesched.errors import UserError
+
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except UserError as exc:  # something the user can fix: one line, no traceback
+        print(f"sagesched: error: {exc}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

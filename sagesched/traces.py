@@ -1,9 +1,11 @@
 """Request traces: arrival times and prompt/output lengths.
 
-Two sources: the Azure LLM inference trace 2023 (../shared/data/azure-llm-2023/ next to the checkout;
-SAGESCHED_DATA_DIR points elsewhere: the folder that holds azure-llm-2023/), and predictor exports
-(`.npz` from `sagesched predictor export`: held-out ShareGPT requests with the predictor's own
-distribution for each, so the simulator can schedule on real predictions).
+Two sources: the Azure LLM inference trace 2023 (`conv`, `code`: samples shipped with the package in
+sagesched/data/azure-llm-2023/, CC-BY 4.0, licence and citation in the LICENSE.md beside them;
+SAGESCHED_DATA_DIR overrides the location: the folder that holds azure-llm-2023/), and predictor
+exports (`.npz` from `sagesched predictor export`: held-out ShareGPT requests with the predictor's own
+distribution for each, so the simulator can schedule on real predictions). A `.csv` path in the same
+columns as the Azure files is read as such.
 """
 from __future__ import annotations
 
@@ -16,15 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from sagesched.distribution import LengthDistribution, LengthGrid, grid
+from sagesched.errors import UserError
 
 TRACES = ("conv", "code")
+DATA_ENV = "SAGESCHED_DATA_DIR"
+SHIPPED_DATA = Path(__file__).resolve().parent / "data"
+
+
+class TraceNotFound(UserError, FileNotFoundError):
+    """A trace name or file that does not resolve to an existing file."""
 
 
 def data_dir() -> Path:
-    env = os.environ.get("SAGESCHED_DATA_DIR")
+    """The folder that holds azure-llm-2023/: $SAGESCHED_DATA_DIR if set, else the package's own data."""
+    env = os.environ.get(DATA_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+    return SHIPPED_DATA
 
 
 @dataclass(frozen=True)
@@ -38,14 +48,16 @@ class Trace:
     # per-request predicted length probabilities (n x bins) on `grid`, when the trace carries them
     predicted: np.ndarray | None = None
     grid: LengthGrid | None = None
+    # per-request prompt identity (same key: same prompt, sampled again), for history predictors
+    keys: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.arrivals)
 
     def slice(self, start: int, stop: int) -> "Trace":
-        cut = None if self.predicted is None else self.predicted[start:stop]
+        part = lambda a: None if a is None else a[start:stop]  # noqa: E731
         return replace(self, arrivals=self.arrivals[start:stop], prompts=self.prompts[start:stop],
-                       outputs=self.outputs[start:stop], predicted=cut)
+                       outputs=self.outputs[start:stop], predicted=part(self.predicted), keys=part(self.keys))
 
     def prediction(self, i: int) -> LengthDistribution:
         """The predictor's distribution for request i (only for traces exported with predictions)."""
@@ -76,12 +88,28 @@ def load_predicted_replay(path: Path) -> Trace:
                  grid(int(data["grid_num_bins"]), int(data["grid_max_length"])))
 
 
+def _missing(name: str, path: Path) -> TraceNotFound:
+    if name.endswith((".npz", ".csv")):
+        hint = ""
+    elif os.environ.get(DATA_ENV):
+        hint = (f" ({DATA_ENV} is set: it must name the folder that holds azure-llm-2023/; unset it to use "
+                f"the traces shipped with sagesched)")
+    else:
+        hint = f" (known traces: {', '.join(TRACES)}; or give a .csv or .npz path)"
+    return TraceNotFound(f"trace {name!r} not found: no file {path}{hint}")
+
+
 def load_trace(name: str) -> Trace:
+    """A trace by name (`conv`, `code`, under data_dir()/azure-llm-2023/) or by `.csv` / `.npz` path.
+    Raises TraceNotFound (a UserError: the CLI prints one line) when the file does not exist."""
     if name.endswith(".npz"):
-        return load_predicted_replay(Path(name))
+        path = Path(name)
+        if not path.is_file():
+            raise _missing(name, path)
+        return load_predicted_replay(path)
     path = Path(name) if name.endswith(".csv") else data_dir() / "azure-llm-2023" / f"{name}.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"trace {path} not found (set SAGESCHED_DATA_DIR)")
+    if not path.is_file():
+        raise _missing(name, path)
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     t = np.array([_seconds(r["TIMESTAMP"]) for r in rows])

@@ -14,6 +14,16 @@ import pytest
 from sagesched.http_serve import free_port
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _torch_cache_in_pytest_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """torch creates torchinductor_<user>/ in the temp folder on the first optimizer step (and the
+    predictor tests train); point it into pytest's own temporary tree so no test leaves it behind.
+    Subprocesses the tests start inherit the setting."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("torchinductor")))
+        yield
+
+
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -153,8 +153,8 @@ async def test_sglang_flavor_serves_sglang_names():
     assert metrics[names.SGLANG_GENERATION_TOKENS][0].value == 3
 
 
-async def test_overcommitted_pod_preempts_and_the_metric_shows_it():
-    config = PodConfig(time_scale=0.0005, profile=_tiny_profile_path())
+async def test_overcommitted_pod_preempts_and_the_metric_shows_it(tmp_path):
+    config = PodConfig(time_scale=0.0005, profile=_tiny_profile_path(tmp_path))
     async with EmulatedPod(config) as pod:
         await asyncio.gather(*(
             client(pod).completions.create(model=MODEL, prompt=list(range(200)), max_tokens=200,
@@ -171,7 +171,8 @@ async def test_client_disconnect_aborts_the_request_in_the_engine():
         async for _ in stream:
             break
         await stream.close()
-        await pod.wait_idle()  # the abort lands when the server notices the closed socket
+        # the abort lands when the server notices the closed socket; the timeout is a deadline against hangs
+        await asyncio.wait_for(pod.wait_idle(), timeout=15)
         assert pod.engine.counters.finished["abort"] == 1
 
 
@@ -183,9 +184,8 @@ async def test_many_pods_in_one_process_serve_on_their_own_ports():
             assert reply.usage.completion_tokens >= 1
 
 
-def _tiny_profile_path() -> str:
+def _tiny_profile_path(folder: Path) -> str:
     profile = load_profile().with_overrides(num_gpu_blocks=100, block_size=16, max_model_len=1024)
-    path = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
-    path.write(profile.to_json())
-    path.close()
-    return path.name
+    path = folder / "tiny-profile.json"
+    path.write_text(profile.to_json())
+    return str(path)

@@ -52,6 +52,7 @@ class MetricsServer:
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[int, int, float]] = {}  # ip -> (running, waiting, kv usage)
+        self.scrapes = 0  # answered /metrics requests, all pods together
         self.port = 0
         self._runner: aiohttp.web.AppRunner | None = None
 
@@ -59,6 +60,7 @@ class MetricsServer:
         ip = request.transport.get_extra_info("sockname")[0]
         if ip not in self.values:
             return aiohttp.web.Response(status=404)
+        self.scrapes += 1
         return aiohttp.web.Response(text=vllm_text(*self.values[ip]), content_type="text/plain")
 
     async def start(self) -> None:

@@ -133,6 +133,9 @@ async def test_redis_restart_degrades_then_recovers_without_touching_policy_stat
     assert operator.running
     assert status["readyPods"] == 1 and status["pods"][0]["running"] == 2  # scraping went on
     assert _condition(k8s, "p1", "Ready")["reason"] == "StoreUnavailable"  # pods ready, routers not told
+    await eventually(lambda: _events(k8s, "Degraded"))  # kopf posts Events asynchronously
+    scrapes = pod_metrics.scrapes
+    await eventually(lambda: pod_metrics.scrapes >= scrapes + 3, what="three more scrapes during the outage")
     assert len(_events(k8s, "Degraded")) == 1  # one warning for the outage, not one per scrape
 
     redis_server.start()  # empty, as after a restart without persistence

@@ -7,6 +7,8 @@ import aiohttp
 import openai
 import pytest
 
+from tests.conftest import eventually
+
 from .conftest import MODEL
 
 
@@ -86,8 +88,7 @@ async def test_full_queue_answers_429_with_retry_after(pods, make_router):
                                queue_timeout_s=30)
     client = client_for(router)
     first = asyncio.create_task(client.completions.create(model=MODEL, prompt="hi", max_tokens=2))
-    while router.router.dispatcher.depth[MODEL] < 1:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: router.router.dispatcher.depth[MODEL] >= 1, interval=0.01, what="first request queued")
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "x"}) as resp:
             assert resp.status == 429
@@ -110,13 +111,12 @@ async def test_client_disconnect_leaves_the_queue(pods, make_router):
     router = await make_router([p.base_url for p in pods], snapshot_max_age_s=-1.0, queue_timeout_s=30)
     session = aiohttp.ClientSession()
     task = asyncio.create_task(session.post(f"{router.url}/v1/completions", json={"model": MODEL, "prompt": "x"}))
-    while router.router.dispatcher.depth[MODEL] < 1:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: router.router.dispatcher.depth[MODEL] >= 1, interval=0.01, what="request queued")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await session.close()
-    while router.router.dispatcher.depth[MODEL] > 0:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: router.router.dispatcher.depth[MODEL] == 0, interval=0.01,
+                     what="queue emptied after the client left")
     assert not router.router.dispatcher.waiting
     assert router.router.scheduler.queue_depth(MODEL) == 0
 

@@ -2,7 +2,6 @@
 history store. Redis (a real redis-server) and the in-process stores pass the same tests."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 import openai
@@ -11,6 +10,7 @@ import pytest
 from sagesched.state.history import CompletionRecord, InProcessHistoryStore, RedisHistoryStore
 from sagesched.state.pod_store import InProcessPodStore, RedisPodStore
 from sagesched.state.snapshot import PodSnapshot
+from tests.conftest import eventually
 
 from .conftest import MODEL
 
@@ -66,8 +66,11 @@ async def test_router_routes_to_pods_from_the_store_and_records_history(stores, 
         stream = await client.completions.create(model=MODEL, prompt="hi", max_tokens=3, stream=True,
                                                  extra_body={"ignore_eos": True})
         assert len([c async for c in stream if c.choices]) == 3
-    while len(await history.recent(MODEL)) < 4:  # recording runs after the answer
-        await asyncio.sleep(0.01)
-    recorded = await history.recent(MODEL)
+
+    async def four_recorded():  # recording runs after the answer
+        recorded = await history.recent(MODEL)
+        return recorded if len(recorded) >= 4 else None
+
+    recorded = await eventually(four_recorded, interval=0.01, what="4 completions recorded")
     assert {r.pod for r in recorded} <= {"pod-0", "pod-1"}
     assert all(r.output_tokens == 3 and r.finish_reason == "length" for r in recorded)

@@ -173,25 +173,32 @@ def run_live(args: argparse.Namespace) -> int:
 
 
 def register_bench(bench: argparse._SubParsersAction) -> None:
-    p = bench.add_parser("live", help="replay a trace slice against an OpenAI-compatible URL")
+    p = bench.add_parser("live", help="replay a trace slice against an OpenAI-compatible URL",
+                         description="Replay a slice of an Azure LLM 2023 trace (or a CSV of its columns) "
+                                     "against a running router or engine with its arrival times, and print "
+                                     "latency and throughput.")
     p.add_argument("--url", required=True, help="base URL of the router or engine (without /v1)")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="model name sent in every request")
     p.add_argument("--trace", default="conv", help="conv, code, or a CSV path (Azure LLM 2023 columns)")
-    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--requests", type=int, default=200, help="trace requests to replay (default %(default)s)")
     p.add_argument("--start", type=int, default=0, help="index of the first trace request")
     p.add_argument("--rate", type=float, default=None, help="Poisson arrivals at this rate (default: trace times)")
-    p.add_argument("--max-output", type=int, default=None)
-    p.add_argument("--max-prompt", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", default="live")
+    p.add_argument("--max-output", type=int, default=None, help="cap output lengths, tokens (default: no cap)")
+    p.add_argument("--max-prompt", type=int, default=None, help="cap prompt lengths, tokens (default: no cap)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --rate Poisson arrivals (default %(default)s)")
+    p.add_argument("--label", default="live", help="row label in the printed table (default %(default)s)")
     p.set_defaults(func=run_live)
 
-    o = bench.add_parser("overhead", help="router decision time, added latency and held streams (3 processes)")
-    o.add_argument("--pods", type=int, default=4)
+    o = bench.add_parser("overhead", help="router decision time, added latency and held streams (3 processes)",
+                         description="What one router process costs in front of pods that answer at once: "
+                                     "decision time, latency added over going straight to the pods, and "
+                                     "concurrent slow streams held; pods, router and load generator each run "
+                                     "in their own process.")
+    o.add_argument("--pods", type=int, default=4, help="instant pods behind the router (default %(default)s)")
     o.add_argument("--rates", default="200,500,1000", help="request rates to measure (req/s); empty = none")
     o.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
     o.add_argument("--tokens", type=int, default=16, help="tokens each instant answer streams")
-    o.add_argument("--policy", default="sagesched")
+    o.add_argument("--policy", default="sagesched", help="the router's scheduling policy (default %(default)s)")
     o.add_argument("--streams", type=int, default=5000, help="concurrent slow streams to hold (0 = skip)")
     o.add_argument("--stream-rate", type=float, default=1000.0, help="streams opened per second")
     o.add_argument("--stream-tokens", type=int, default=8, help="tokens per held stream")

@@ -15,8 +15,11 @@ import time
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("scrape", help="CPU cost of scraping N pods' /metrics at a fixed interval")
-    p.add_argument("--pods", type=int, default=100)
+    p = subparsers.add_parser("scrape", help="CPU cost of scraping N pods' /metrics at a fixed interval",
+                              description="Serve N pods' vLLM /metrics from a child process and measure the CPU "
+                                          "time the operator's scraper spends in this process over a wall-clock "
+                                          "window.")
+    p.add_argument("--pods", type=int, default=100, help="pods to scrape (default %(default)s)")
     p.add_argument("--interval", type=float, default=0.2, help="scrape interval, seconds")
     p.add_argument("--duration", type=float, default=20.0, help="measured window, seconds")
     p.add_argument("--redis-url", default=None, help="publish to Redis (default: in-process store)")

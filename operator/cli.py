@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds between periodic status writes per policy (default: %(default)s)")
     p.add_argument("--api-server", default=None, help="explicit API server URL (kubectl proxy, tests)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve the operator's own /metrics here")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level instead of INFO")
     p.set_defaults(func=_run)
 
 

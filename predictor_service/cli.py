@@ -8,45 +8,71 @@ from sagesched.predictor.config import DEFAULT_CHECKPOINT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("predictor", help="output-length predictor: serve, train, eval, export")
+    parser = subparsers.add_parser("predictor", help="output-length predictor: serve, train, eval, export",
+                                   description="The output-length predictor: serve it over gRPC, train its network "
+                                               "on ShareGPT, evaluate it against baselines, or export predictions "
+                                               "for the simulator.")
     sub = parser.add_subparsers(dest="predictor_command", metavar="ACTION", required=True)
 
-    serve = sub.add_parser("serve", help="run the gRPC Predictor service")
-    serve.add_argument("--listen", default="0.0.0.0:50061")
-    serve.add_argument("--metrics-port", type=int, default=9461)
-    serve.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    serve = sub.add_parser("serve", help="run the gRPC Predictor service",
+                           description="Serve sagesched.v1.Predictor over gRPC: length distributions for "
+                                       "queued requests, learning online from the completions routers report; "
+                                       "Prometheus metrics on their own port. Runs until interrupted.")
+    serve.add_argument("--listen", default="0.0.0.0:50061", help="gRPC listen address HOST:PORT (default %(default)s)")
+    serve.add_argument("--metrics-port", type=int, default=9461, help="Prometheus /metrics port (default %(default)s)")
+    serve.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                       help="network checkpoint to start from (default: the shipped %(default)s)")
     serve.add_argument("--checkpoint-dir", type=Path, default=None, help="persist online updates here")
-    serve.add_argument("--history-key", choices=("embedding", "prompt_length"), default="embedding")
-    serve.add_argument("--workers", type=int, default=4)
+    serve.add_argument("--history-key", choices=("embedding", "prompt_length"), default="embedding",
+                       help="how past completions are matched to a new prompt: by the network's prompt embedding, "
+                            "or by prompt length alone for traces without text (default %(default)s)")
+    serve.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default %(default)s)")
     serve.set_defaults(func=_serve)
 
-    train = sub.add_parser("train", help="train the network on the ShareGPT train split (needs [train])")
-    train.add_argument("--output", type=Path, default=DEFAULT_CHECKPOINT)
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-train", type=int, default=None)
+    train = sub.add_parser("train", help="train the network on the ShareGPT train split (needs [train])",
+                           description="Train the length network on the ShareGPT train split and write a "
+                                       "checkpoint (needs the [train] extra).")
+    train.add_argument("--output", type=Path, default=DEFAULT_CHECKPOINT,
+                       help="checkpoint file to write (default: the shipped %(default)s)")
+    train.add_argument("--epochs", type=int, default=3, help="passes over the train split (default %(default)s)")
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the train/val/test split and of training (default %(default)s)")
+    train.add_argument("--max-train", type=int, default=None,
+                       help="train on at most this many examples (default: the whole split)")
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="test-split table vs baselines (needs [train])")
-    ev.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    ev.add_argument("--seed", type=int, default=0)
+    ev = sub.add_parser("eval", help="test-split table vs baselines (needs [train])",
+                        description="Score a checkpoint on the ShareGPT test split against baseline "
+                                    "predictors and print a markdown table (needs the [train] extra).")
+    ev.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                    help="checkpoint to evaluate (default: the shipped %(default)s)")
+    ev.add_argument("--seed", type=int, default=0,
+                    help="seed of the train/val/test split; use the one it was trained with (default %(default)s)")
     ev.add_argument("--output", type=Path, default=None, help="write the markdown table here")
     ev.add_argument("--compare-content", action="store_true", help="also hashed words vs MiniLM")
     ev.set_defaults(func=_eval)
 
-    ex = sub.add_parser("export", help="(prompt, true, predicted distribution) rows for the simulator")
-    ex.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    ex.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ex.add_argument("--limit", type=int, default=None)
+    ex = sub.add_parser("export", help="(prompt, true, predicted distribution) rows for the simulator",
+                        description="Write (prompt length, true output length, predicted distribution) rows of "
+                                    "a ShareGPT split, which `sagesched bench sim --trace FILE` replays.")
+    ex.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                    help="checkpoint that predicts (default: the shipped %(default)s)")
+    ex.add_argument("--split", default="test", choices=("train", "val", "test"),
+                    help="ShareGPT split to export (default %(default)s)")
+    ex.add_argument("--limit", type=int, default=None, help="export at most this many rows (default: all)")
     ex.add_argument("--output", type=Path, required=True, help=".npz or .csv")
     ex.set_defaults(func=_export)
 
 
 def register_bench(bench: argparse._SubParsersAction) -> None:
-    p = bench.add_parser("predictor", help="predictor latency (batch 1 / 32) and gRPC throughput")
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--output", type=Path, default=None)
+    p = bench.add_parser("predictor", help="predictor latency (batch 1 / 32) and gRPC throughput",
+                         description="Time the predictor in-process at batch sizes 1 and 32, and the gRPC "
+                                     "service's throughput, on synthetic queries.")
+    p.add_argument("--iterations", type=int, default=300, help="timed batches per measurement (default %(default)s)")
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                   help="checkpoint to time (default: the shipped %(default)s)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="also write the printed result lines to this file (default: print only)")
     p.set_defaults(func=_bench)
 
 

@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="streams: seconds until the pod's response headers (default 60)")
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="streams: longest silence between the pod's events, s (default 60)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO",
+                   help="Python logging level: DEBUG, INFO, WARNING, ERROR (default %(default)s)")
     p.set_defaults(func=run_router)
 
     d = subparsers.add_parser("demo", help="emulated pods + router + Azure trace replay: policy comparison",
@@ -58,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="wall seconds per emulated second (default 1: real time; below it, one process may run "
                         "short of CPU and its latencies stretch)")
     d.add_argument("--policies", default="sagesched,round-robin,fcfs", help="comma-separated policies to compare")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0,
+                   help="random seed of the emulated pods and the simulator check (default %(default)s)")
     d.add_argument("--max-output", type=int, default=None, help="cap output lengths (tokens) to keep it short")
     d.add_argument("--max-prompt", type=int, default=None, help="cap prompt lengths (tokens)")
     d.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -66,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Azure trace to replay (default code: prefill-heavy, large stable policy differences)")
     d.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True,
                    help="also run the simulator on the same slice, pods and profile, and compare policy order")
+    d.add_argument("--max-stall", type=float, default=0.5,
+                   help="share of a replay's wall time the host may stall the demo's process (taken out of the "
+                        "emulated clock) before the demo reports that the host could not keep up (default 0.5)")
     d.set_defaults(func=run_demo)
 
 

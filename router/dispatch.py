@@ -165,9 +165,7 @@ class Dispatcher:
             pod = self.pods.pods[view.name]
             req.pod = pod
             req.dispatched_at = loop_now
-            pod.inflight.add(req.id)
-            pod.unstarted.add(req.id)
-            pod.delta += 1
+            pod.dispatched(req.id)
             self.running[req.id] = req
             self._set_depth(req.model, -1)
             self.metrics.queue_wait.labels(req.model, self.policy).observe(req.queue_wait)
@@ -183,7 +181,7 @@ class Dispatcher:
         first = req.sched is not None and req.sched.generated <= 0
         self.scheduler.on_progress(req.id, req.output_tokens)
         if req.pod is not None:
-            req.pod.unstarted.discard(req.id)
+            req.pod.started(req.id)
         if first and self.waiting:
             # Admission holds back pods with `engine_buffer` requests yet to stream; a first token
             # frees such a place, and without a pass now the queue would wait for the next arrival,
@@ -199,9 +197,7 @@ class Dispatcher:
         self.scheduler.on_finish(req.id, now)
         self._finishes.setdefault(req.model, deque(maxlen=64)).append(now)
         if req.pod is not None:
-            req.pod.inflight.discard(req.id)
-            req.pod.unstarted.discard(req.id)
-            req.pod.delta -= 1
+            req.pod.finished(req.id)
             self.metrics.inflight.labels(req.pod.name).set(len(req.pod.inflight))
         if self.waiting:  # a freed slot matters only to a queued request
             self.wake()

@@ -58,6 +58,23 @@ class PodEntry:
     def priority_mode(self) -> bool:
         return self.scheduling == "priority"
 
+    # --- our own requests between scrapes (the dispatcher's bookkeeping) -------------------------
+    def dispatched(self, request_id: str) -> None:
+        """We sent it here: it adds to the total and waits at the engine until its first token."""
+        self.inflight.add(request_id)
+        self.unstarted.add(request_id)
+        self.delta += 1
+
+    def started(self, request_id: str) -> None:
+        """Its first token arrived: no longer waiting (the total is unchanged)."""
+        self.unstarted.discard(request_id)
+
+    def finished(self, request_id: str) -> None:
+        """It left the pod (done, failed or aborted): the total shrinks."""
+        self.inflight.discard(request_id)
+        self.unstarted.discard(request_id)
+        self.delta -= 1
+
     def took_snapshot(self) -> None:
         """A fresh snapshot replaces our since-then adjustments."""
         self.delta = 0

@@ -21,11 +21,15 @@ MODEL = "instant"
 
 
 def register_bench(bench: argparse._SubParsersAction) -> None:
-    p = bench.add_parser("extproc", help="gateway mode: ext_proc picker decision and per-message latency")
-    p.add_argument("--pods", type=int, default=4)
+    p = bench.add_parser("extproc", help="gateway mode: ext_proc picker decision and per-message latency",
+                         description="Drive the router's ext_proc Endpoint Picker as Envoy does (a grpc.aio "
+                                     "client in this process) against instant pods, and report per request "
+                                     "rate the decision time, every other message's processing time, and "
+                                     "the decision as the client sees it.")
+    p.add_argument("--pods", type=int, default=4, help="instant pods behind the picker (default %(default)s)")
     p.add_argument("--rates", default="250,500,1000", help="request rates to measure (req/s)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per rate")
-    p.add_argument("--policy", default="sagesched")
+    p.add_argument("--policy", default="sagesched", help="the router's scheduling policy (default %(default)s)")
     p.set_defaults(func=run_extproc)
 
 

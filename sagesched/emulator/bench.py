@@ -21,13 +21,18 @@ class Tally:
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("emulator", help="tokens/s one pod-emulator process sustains")
-    parser.add_argument("--pods", type=int, default=4)
+    parser = subparsers.add_parser(
+        "emulator", help="tokens/s one pod-emulator process sustains",
+        description="Start `sagesched emulate-pod --pods N` in a child process at a tiny time scale and count "
+                    "the streamed tokens that reach concurrent clients in this one: emulated tokens per wall "
+                    "second one emulator process delivers.")
+    parser.add_argument("--pods", type=int, default=4, help="emulated pods in the child process (default %(default)s)")
     parser.add_argument("--clients", type=int, default=128, help="concurrent streaming clients")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load (at most 60)")
-    parser.add_argument("--time-scale", type=float, default=0.001)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--port", type=int, default=18400)
+    parser.add_argument("--time-scale", type=float, default=0.001,
+                        help="wall seconds per emulated second: small, so the host is the limit (default %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per request (default %(default)s)")
+    parser.add_argument("--port", type=int, default=18400, help="port of the first pod (default %(default)s)")
     parser.set_defaults(func=run)
 
 

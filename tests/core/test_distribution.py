@@ -49,8 +49,14 @@ def test_conditioning_on_attained_tokens_removes_shorter_lengths() -> None:
     d = LengthDistribution.from_samples(np.array([10, 10, 10, 1000]))
     later = d.given_at_least(200)
     assert later.cdf(199) == 0
-    assert later.mean == pytest.approx(d.given_at_least(200).mean)
-    assert later.mean > 900
+    # 1000 falls in the grid bin [919, 1080] (edges round(32769 ** (42/64)) = round(918.9) = 919 and
+    # round(32769 ** (43/64)) = round(1081.0) = 1081); 200 lies below it, so the whole bin is kept:
+    # uniform on 919..1080, mean (919 + 1080) / 2 = 999.5 (unconditioned: 0.75*10 + 0.25*999.5 = 257.375)
+    assert d.mean == pytest.approx(257.375)
+    assert later.mean == pytest.approx(999.5)
+    # attained inside that bin keeps only its lengths >= 1000: uniform on 1000..1080, mean 1040
+    assert d.given_at_least(1000).mean == pytest.approx(1040.0)
+    assert d.given_at_least(1000).cdf(999) == 0
     # conditioning never lowers the mean, and attained below the floor changes nothing
     assert d.given_at_least(5).mean >= d.mean - 1e-9
     assert d.given_at_least(1) is d

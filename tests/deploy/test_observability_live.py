@@ -297,3 +297,21 @@ def test_healthy_fleet_fires_no_alert_and_coverage_is_computable(prometheus_with
         assert query(base, rules[quiet], at) == [], quiet
     coverage = query(base, rules["SageSchedIntervalCoverageLow"].replace("[30m]", "[1m]").replace("< 0.75", ""), at)
     assert len(coverage) == 1 and 0.0 <= float(coverage[0]["value"][1]) <= 1.0
+    # The same expression over the counters' totals (no rate window, so no extrapolation) must agree
+    # with the share the predictor computes itself, and the counters must be consistent: every
+    # remembered prediction of drive_predictor's 60 reports was scored, and the 25-75 % interval lies
+    # inside the 5-95 % one, so it cannot hit more often.
+    totals = re.sub(r"rate\((\w+(?:\{[^}]*\})?)\[30m\]\)", r"\1",
+                    rules["SageSchedIntervalCoverageLow"]).replace("< 0.75", "")
+    assert "rate(" not in totals and "[30m]" not in totals, totals
+    (share,) = query(base, totals, at)
+    hits = {level: _sum(base, f'sagesched_predictor_interval_hits_total{{level="{level}"}}')
+            for level in ("0.5", "0.9")}
+    checks = _sum(base, "sagesched_predictor_interval_checks_total")
+    assert checks >= 60 and hits["0.5"] <= hits["0.9"] <= checks, (hits, checks)
+    (own,) = query(base, 'sagesched_predictor_interval_coverage_ratio{level="0.9"}', at)
+    share = float(share["value"][1])
+    assert share == pytest.approx(hits["0.9"] / checks)
+    assert share == pytest.approx(float(own["value"][1]))
+    # a 90 % interval from the shipped model covers most of these completions (about 0.9 when written)
+    assert share >= 0.6

@@ -58,7 +58,11 @@ def test_a_prompt_longer_than_the_budget_still_runs_alone() -> None:
 
 
 def test_the_automatic_prefill_budget_follows_the_profile_knee() -> None:
-    budget = Admission().prefill_budget(_pod())
-    knee = PROFILE.base_s / PROFILE.per_token_s
-    assert knee < budget <= 8 * knee
+    # The knee is where a step's per-token work equals its fixed weight-read floor: base_s / per_token_s.
+    # A made-up profile with a round knee: 0.01 s / 2e-5 s per token = 500 tokens; the budget is 4 knees.
+    pod = PodView("pod-0", ("m",), PROFILE.with_overrides(base_s=0.01, per_token_s=2e-5))
+    assert Admission().prefill_budget(pod) == 4 * 500
+    # The shipped profile: 0.008108364639355036 / 2.77437095836919e-05 = 292.26 tokens; x4 = 1169.0 -> 1169
+    assert Admission().prefill_budget(_pod()) == 1169
     assert Admission(prefill_tokens=0).prefill_budget(_pod()) == 0
+    assert Admission(prefill_tokens=777).prefill_budget(pod) == 777  # an explicit budget wins

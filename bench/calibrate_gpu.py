@@ -21,6 +21,7 @@ against 2 ms for a decode step), which measures Python, not the GPU. Engines avo
 CUDA graphs (vLLM captures decode and, piecewise, mixed batches), so graphs are the better model.
 
 Run (on the GPU machine):  PYTHONUNBUFFERED=1 python3 bench/calibrate_gpu.py --out "$OUT"
+(`--models qwen3-32b --decode-kv-gib 50` for the Qwen3-32B shape, which needs a ~140 GB card.)
 Raw rows go to `<out>/steps.csv`, run facts (GPU, memory, KV blocks) to `<out>/run.json`; the fit
 (`bench/fit_profile.py`) runs on CPU from those files and its summary is printed last.
 """
@@ -48,7 +49,7 @@ FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBac
 
 @dataclass(frozen=True)
 class ModelShape:
-    """A Llama-3-family decoder configuration: enough to build it and to count its bytes."""
+    """A Llama-3-family decoder configuration (Qwen3 adds q/k norms): enough to build it and count its bytes."""
 
     name: str
     layers: int
@@ -61,6 +62,7 @@ class ModelShape:
     tied_embeddings: bool
     rope_theta: float = 500000.0
     norm_eps: float = 1e-5
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on each query and key head before RoPE
 
     @property
     def weight_params(self) -> int:
@@ -70,6 +72,7 @@ class ModelShape:
             + self.heads * hd * d  # o
             + 3 * d * self.ffn  # gate, up, down
             + 2 * d  # norms
+            + (2 * hd if self.qk_norm else 0)  # q/k norms
         )
         head = 0 if self.tied_embeddings else self.vocab * d
         return self.layers * per_layer + self.vocab * d + head + d
@@ -82,7 +85,11 @@ class ModelShape:
 
 LLAMA3_8B = ModelShape("llama3-8b", 32, 4096, 32, 8, 128, 14336, 128256, False)
 LLAMA32_1B = ModelShape("llama3.2-1b", 16, 2048, 32, 8, 64, 8192, 128256, True)
-MODELS = {m.name: m for m in (LLAMA3_8B, LLAMA32_1B)}
+# Qwen3-32B: 64 query heads x 128 = 8192 wide attention on a 5120 residual; no qkv bias.
+QWEN3_32B = ModelShape(
+    "qwen3-32b", 64, 5120, 64, 8, 128, 25600, 151936, False, rope_theta=1000000.0, norm_eps=1e-6, qk_norm=True
+)
+MODELS = {m.name: m for m in (LLAMA3_8B, LLAMA32_1B, QWEN3_32B)}
 
 
 @dataclass(frozen=True)
@@ -133,16 +140,17 @@ class Decoder:
         self.embed = rand(shape.vocab, d)
         self.layers = []
         for _ in range(shape.layers):
-            self.layers.append(
-                {
-                    "attn_norm": 1.0 + rand(d),
-                    "wqkv": rand((H + 2 * K) * hd, d),
-                    "wo": rand(d, H * hd),
-                    "ffn_norm": 1.0 + rand(d),
-                    "w_gate_up": rand(2 * shape.ffn, d),
-                    "w_down": rand(d, shape.ffn),
-                }
-            )
+            layer = {
+                "attn_norm": 1.0 + rand(d),
+                "wqkv": rand((H + 2 * K) * hd, d),
+                "wo": rand(d, H * hd),
+                "ffn_norm": 1.0 + rand(d),
+                "w_gate_up": rand(2 * shape.ffn, d),
+                "w_down": rand(d, shape.ffn),
+            }
+            if shape.qk_norm:
+                layer["q_norm"], layer["k_norm"] = 1.0 + rand(hd), 1.0 + rand(hd)
+            self.layers.append(layer)
         self.final_norm = 1.0 + rand(d)
         self.lm_head = self.embed if shape.tied_embeddings else rand(shape.vocab, d)
         inv = 1.0 / (shape.rope_theta ** (torch.arange(0, hd, 2, device=device, dtype=torch.float32) / hd))
@@ -234,6 +242,9 @@ class Decoder:
             q = qkv[:, : H * hd].view(T, H, hd)
             k = qkv[:, H * hd : (H + K) * hd].view(T, K, hd)
             v = qkv[:, (H + K) * hd :].view(T, K, hd)
+            if s.qk_norm:
+                q = F.rms_norm(q, (hd,), w["q_norm"], s.norm_eps)
+                k = F.rms_norm(k, (hd,), w["k_norm"], s.norm_eps)
             q, k = self.rope(q, pos), self.rope(k, pos)
             parts = []
             if L:
@@ -519,10 +530,18 @@ def summary_table(out: Path, names: list[str], fits: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--models", default="llama3-8b,llama3.2-1b")
+    ap.add_argument(
+        "--models",
+        default="llama3-8b,llama3.2-1b",
+        help=f"comma-separated shapes to time, in order; known: {', '.join(MODELS)} (default: %(default)s)",
+    )
     ap.add_argument("--decode-kv-gib", type=float, default=36.0, help="KV buffer for the decode grid")
     ap.add_argument("--point-budget-s", type=float, default=0.35, help="timed seconds per grid point")
     args = ap.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; known: {', '.join(MODELS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     props = torch.cuda.get_device_properties(0)
@@ -535,7 +554,6 @@ def main(argv: list[str] | None = None) -> None:
         "models": {},
     }
     print(f"GPU {run['gpu']} ({run['sm_count']} SMs), torch {run['torch']}, CUDA {run['cuda']}")
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
     t0 = time.perf_counter()
     for name in names:
         run["models"][name] = calibrate(MODELS[name], args.out, args.decode_kv_gib, args.point_budget_s)

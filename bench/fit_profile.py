@@ -17,6 +17,7 @@ left out of the fit and scored afterwards; the median absolute % error on them i
 profile documents.
 
 CLI:  python3 bench/fit_profile.py bench/results/calibration/steps-llama3-8b.csv [--profile OUT.json ...]
+(`--card-gib 48` sizes the profile's KV cache for a 48 GiB card from the same run's memory facts.)
 """
 from __future__ import annotations
 
@@ -160,6 +161,23 @@ def fit_file(path: Path) -> dict:
     }
 
 
+def kv_blocks(facts: dict, total_bytes: float | None = None) -> int:
+    """vLLM's KV sizing from a run's memory facts; `total_bytes` sizes it for another card.
+
+    (gpu_memory_utilization x total - weights - activation peak - non-torch) // (block x KV bytes per
+    token). With another total, the weights, activation peak and non-torch memory are still the ones
+    measured on the run's GPU: the same model on a card of that size.
+    """
+    total = facts["total_bytes"] if total_bytes is None else total_bytes
+    budget = (
+        facts["gpu_memory_utilization"] * total
+        - facts["weight_bytes"]
+        - facts["activation_peak_bytes"]
+        - facts["non_torch_bytes"]
+    )
+    return int(budget // (facts["block_size"] * facts["kv_bytes_per_token"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="fit StepTimeProfile coefficients from calibrate_gpu.py rows")
     ap.add_argument("csv", type=Path)
@@ -168,6 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", help="profile name, e.g. h100-llama3-8b")
     ap.add_argument("--model-desc", default="")
     ap.add_argument("--provenance", default="")
+    ap.add_argument("--gpu", help="the profile's gpu text (default: the run's GPU name)")
+    ap.add_argument(
+        "--card-gib",
+        type=float,
+        help="size num_gpu_blocks for a card of this many GiB (default: the measured card's total), "
+        "keeping the run's measured weights, activation peak and non-torch memory",
+    )
+    ap.add_argument("--max-model-len", type=int, default=8192)
     args = ap.parse_args(argv)
     fit = fit_file(args.csv)
     print(json.dumps(fit, indent=2))
@@ -175,16 +201,20 @@ def main(argv: list[str] | None = None) -> None:
         run = json.loads(args.run_json.read_text())
         model_name = Path(args.csv).stem.removeprefix("steps-")
         facts = run["models"][model_name]
+        total = None if args.card_gib is None else args.card_gib * 2**30
+        num_gpu_blocks = kv_blocks(facts, total)
+        if num_gpu_blocks * facts["block_size"] < args.max_model_len:
+            ap.error(f"{num_gpu_blocks} blocks cannot hold one {args.max_model_len}-token sequence")
         profile = {
             "name": args.name,
-            "gpu": run["gpu"],
+            "gpu": args.gpu or run["gpu"],
             "model": args.model_desc or model_name,
             **fit["coefficients"],
             "block_size": facts["block_size"],
-            "num_gpu_blocks": facts["num_gpu_blocks"],
+            "num_gpu_blocks": num_gpu_blocks,
             "max_num_seqs": 256,
             "max_num_batched_tokens": 8192,
-            "max_model_len": 8192,
+            "max_model_len": args.max_model_len,
             "provenance": args.provenance,
             "fit": fit,
         }

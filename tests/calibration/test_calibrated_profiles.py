@@ -4,6 +4,9 @@ Each measured profile names its raw CSV in `fit["raw"]`; re-fitting that file on
 profile's coefficients back, and the held-out error must stay within the figure the profile
 documents (and within the 10% target). If someone edits a coefficient by hand, re-runs the GPU
 script without refitting, or changes the fit so that it generalises worse, these fail.
+
+Profiles for the paper's memory-bound cards keep measured step times but size the KV cache for
+another card (CARD_GIB): their blocks must follow from the run's measured memory with that total.
 """
 from __future__ import annotations
 
@@ -18,14 +21,17 @@ from sagesched.engine.profile import PROFILE_DIR, available_profiles, load_profi
 
 ROOT = Path(__file__).resolve().parents[2]
 CALIBRATION = ROOT / "bench" / "results" / "calibration"
-MEASURED = ["h100-llama3-8b", "h100-llama32-1b"]
+MEASURED = ["h100-llama3-8b", "h100-llama32-1b", "h200-qwen3-32b-96gb", "llama31-8b-48gb"]
+# KV sized for a card other than the one measured: its total memory, GiB (the paper's testbeds)
+CARD_GIB = {"h200-qwen3-32b-96gb": 96, "llama31-8b-48gb": 48}
 TARGET_PCT = 10.0
 
 
 def _run_facts(profile_name: str) -> dict:
-    run = json.loads((CALIBRATION / "run.json").read_text())
-    model = Path(load_profile(profile_name).fit["raw"]).stem.removeprefix("steps-")
-    return run["models"][model]
+    """The memory facts of the run behind a profile: run.json beside its raw CSV."""
+    raw = ROOT / load_profile(profile_name).fit["raw"]
+    run = json.loads((raw.parent / "run.json").read_text())
+    return run["models"][raw.stem.removeprefix("steps-")]
 
 
 @pytest.fixture(scope="module", params=MEASURED)
@@ -66,16 +72,36 @@ def test_default_profile_fits_each_kind_of_step_within_target() -> None:
 @pytest.mark.parametrize("name", MEASURED)
 def test_kv_blocks_follow_from_the_measured_memory(name: str) -> None:
     facts = _run_facts(name)
+    card = CARD_GIB.get(name)
+    total = facts["total_bytes"] if card is None else card * 2**30
     budget = (
-        facts["gpu_memory_utilization"] * facts["total_bytes"]
+        facts["gpu_memory_utilization"] * total
         - facts["weight_bytes"]
         - facts["activation_peak_bytes"]
         - facts["non_torch_bytes"]
     )
     blocks = int(budget // (facts["block_size"] * facts["kv_bytes_per_token"]))
     profile = load_profile(name)
-    assert profile.num_gpu_blocks == facts["num_gpu_blocks"] == blocks
+    assert profile.num_gpu_blocks == blocks == fit_profile.kv_blocks(facts, None if card is None else total)
+    if card is None:
+        assert facts["num_gpu_blocks"] == blocks
     assert profile.block_size == facts["block_size"]
+    assert profile.kv_capacity_tokens >= profile.max_model_len
+
+
+def test_memory_bound_profiles_are_what_they_say() -> None:
+    """The 48 GB Llama profile reuses the H100's step times exactly; only its KV differs. The
+    Qwen3-32B one was measured on its own shape. Both are far smaller in KV than the H100 default."""
+    default, llama = load_profile("h100-llama3-8b"), load_profile("llama31-8b-48gb")
+    for coef in fit_profile.COEFS:
+        assert getattr(llama, coef) == getattr(default, coef), coef
+    assert llama.fit == default.fit
+    assert llama.num_gpu_blocks < default.num_gpu_blocks
+    qwen = load_profile("h200-qwen3-32b-96gb")
+    assert _run_facts("h200-qwen3-32b-96gb")["model"]["layers"] == 64
+    assert qwen.kv_capacity_tokens < llama.kv_capacity_tokens < default.kv_capacity_tokens
+    # a 32B decode step streams ~4x the weights of an 8B one
+    assert 2 * default.decode_step_seconds(1, 1024) < qwen.decode_step_seconds(1, 1024)
 
 
 def test_profile_json_is_what_the_fit_script_writes() -> None:

@@ -53,8 +53,8 @@ class GatewayPlacement(Policy):
     def distribution_for(self, req: SchedRequest) -> LengthDistribution:
         return self.inner.distribution_for(req)
 
-    def rank(self, req: SchedRequest, poly: CostPolynomial) -> float:
-        return self.inner.rank(req, poly)
+    def rank(self, req: SchedRequest, poly: CostPolynomial, attained: int) -> float:
+        return self.inner.rank(req, poly, attained)
 
     def choose(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> PodView | None:  # type: ignore[override]
         """The inner policy's choice among the allowed pods; None (the request waits, as when no

@@ -52,6 +52,7 @@ class EngineCounters:
     """Monotone totals, named after the vLLM counters they feed."""
 
     prompt_tokens: int = 0  # counted once per request, at its first token (recompute not counted)
+    recomputed_tokens: int = 0  # tokens computed again after a preemption or a resume (cache misses)
     generation_tokens: int = 0
     preemptions: int = 0
     steps: int = 0
@@ -196,6 +197,7 @@ class Engine:
 
     def _preempt(self, req: EngineRequest) -> None:
         self.kv.free(req)
+        req.previously_computed = req.num_computed_tokens
         req.num_computed_tokens = 0
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING
@@ -207,16 +209,29 @@ class Engine:
             req = self.waiting.peek()
             if req is None:
                 return
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if not self.kv.allocate(req, n):
+            hit = self.kv.cached_blocks(req.cache_key, req.num_tokens) if req.num_blocks == 0 else 0
+            start = hit * self.kv.block_size or req.num_computed_tokens
+            n = min(req.num_tokens - start, budget)
+            if blocks_for(start + n, self.kv.block_size) - req.num_blocks > self.kv.free_blocks:
                 return
             self.waiting.pop()
+            self._claim_prefix(req, hit)
+            self.kv.allocate(req, start + n)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = self.now
             self.running.append(req)
             batch[req] = n
             budget -= n
+
+    def _claim_prefix(self, req: EngineRequest, hit: int) -> None:
+        """Take the cached prefix found for `req`; what an earlier run computed beyond it is
+        computed again (the recompute cost of preemption)."""
+        if req.cache_key is not None and req.num_blocks == 0:
+            self.kv.claim(req, hit)
+        if req.previously_computed:
+            self.counters.recomputed_tokens += max(req.previously_computed - req.num_computed_tokens, 0)
+            req.previously_computed = 0
 
     def _duration(self, batch: dict[EngineRequest, int]) -> float:
         batched = 0
@@ -342,9 +357,12 @@ class Engine:
         head = self.waiting.peek()
         if head is None or budget <= 0 or n >= self.profile.max_num_seqs:
             return False
+        bs = self.kv.block_size
         free_after_decode = self.kv.free_blocks - self._new_blocks(computed, 1)
-        tokens = min(head.num_tokens - head.num_computed_tokens, budget)
-        return blocks_for(tokens, self.kv.block_size) - head.num_blocks <= free_after_decode
+        hit = self.kv.cached_blocks(head.cache_key, head.num_tokens, free_after_decode) if head.num_blocks == 0 else 0
+        start = hit * bs or head.num_computed_tokens
+        tokens = min(head.num_tokens - start, budget)
+        return blocks_for(start + tokens, bs) - head.num_blocks <= free_after_decode
 
     def _jump(self, k: int, end: float) -> StepOutcome:
         """Apply up to `k` pure-decode iterations at once (fewer if the horizon comes first)."""
@@ -391,6 +409,7 @@ class Engine:
         now = self.now
         tokens = out.tokens
         grown = 0
+        done = []
         for req in self.running:
             computed = req.num_computed_tokens + k
             req.num_computed_tokens = computed
@@ -401,6 +420,8 @@ class Engine:
             req.last_token_time = now
             tokens[req.request_id] = k
             if req.generated >= req.limit:
-                self._complete(req, out)  # frees its blocks: a separate integer sum from `grown`
-        self.kv.free_blocks -= grown
+                done.append(req)
+        self.kv.take(grown)  # allocated before the last iteration's finishes free theirs, as in step()
+        for req in done:
+            self._complete(req, out)
         self.counters.generation_tokens += k * len(self.running)

@@ -31,6 +31,9 @@ class EngineRequest:
     max_tokens: int | None = None  # None: only the context window caps the output
     priority: int = 0  # lower is served first (vLLM convention)
     arrival: float = 0.0
+    # prefix-cache identity: a continuation carries its original's key and finds its blocks
+    cache_key: str | None = None
+    previously_computed: int = 0  # prompt tokens an earlier run of it had computed (recompute debt)
 
     # --- engine-managed ---------------------------------------------------------------------------
     status: RequestStatus = RequestStatus.WAITING

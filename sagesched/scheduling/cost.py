@@ -9,6 +9,10 @@ Both are polynomials c0 + c1·x + c2·x² in x, so the expected cost under a Len
 per bin from (E[L], E[L²]) — no sampling. The hybrid cost weighs memory by how scarce it is on the
 pod now: a request that holds a lot of memory for long is expensive when memory is what limits the
 batch, cheap when compute does.
+
+For the ablation the other cost models of the literature are polynomials too, in the same pod-second
+units: `paper` (SageSched's O²/2 + I·O, the KV token-time, no prefill), `output` (O: SSJF, LTR,
+TRAIL) and `vtc` (I + 2·O, the Virtual Token Counter's service units).
 """
 from __future__ import annotations
 
@@ -69,6 +73,9 @@ def capped_moments(
     return p, m1, m2, np.minimum(hi, cap).astype(np.float64)
 
 
+COST_MODELS = ("hybrid", "paper", "output", "vtc")
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Turns a pod profile and the current scarcity into cost polynomials.
@@ -98,6 +105,25 @@ class CostModel:
     def memory(self, prompt_tokens: int) -> CostPolynomial:
         scale = self._full_step_s() / self.profile.kv_capacity_tokens
         return CostPolynomial(0.0, scale * prompt_tokens, scale / 2.0)
+
+    def output(self, prompt_tokens: int) -> CostPolynomial:
+        return CostPolynomial(0.0, self._decode_share_s(), 0.0)
+
+    def vtc(self, prompt_tokens: int) -> CostPolynomial:
+        share = self._decode_share_s()
+        return CostPolynomial(share * prompt_tokens, 2.0 * share, 0.0)
+
+    def polynomial(self, kind: str, prompt_tokens: int, memory_weight: float) -> CostPolynomial:
+        """The cost polynomial of cost model `kind` (one of COST_MODELS)."""
+        if kind == "hybrid":
+            return self.hybrid(prompt_tokens, memory_weight)
+        if kind == "paper":
+            return self.memory(prompt_tokens)
+        if kind == "output":
+            return self.output(prompt_tokens)
+        if kind == "vtc":
+            return self.vtc(prompt_tokens)
+        raise ValueError(f"unknown cost model {kind!r}; known: {', '.join(COST_MODELS)}")
 
     def hybrid(self, prompt_tokens: int, memory_weight: float) -> CostPolynomial:
         c, m, w = self.compute(prompt_tokens), self.memory(prompt_tokens), memory_weight

@@ -1,9 +1,13 @@
 """The one scheduler object the live router and the simulator both drive.
 
 Stages: `submit` ranks a request and queues it; `dispatch` releases queued requests to pods that
-can take them (policy order, admission gates, policy pod choice); `on_progress` / `on_finish` keep
-the in-flight accounting that admission and the pod picker read. The clock is whatever `now` the
-caller passes, so the same code runs on wall time and on a simulator's virtual clock.
+can take them (policy order, admission gates, policy pod choice) and, for a preemptive policy, decides
+which running request a blocked head displaces; `on_progress` refreshes a running request's rank at
+bucket boundaries and keeps the in-flight accounting that admission and the pod picker read;
+`on_finish` forgets it. The caller carries out preemptions (`take_preemptions`): it ends the request
+on its pod and the scheduler has already queued it again, to resume from the tokens it generated.
+The clock is whatever `now` the caller passes, so the same code runs on wall time and on a
+simulator's virtual clock.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from sagesched.scheduling.cost import CostModel, CostPolynomial, memory_weight_f
 from sagesched.scheduling.outstanding import ladder_span, remaining
 from sagesched.scheduling.picker import eligible_for
 from sagesched.scheduling.policies import PickContext, Policy, make_policy
+from sagesched.scheduling.preemption import NO_PREEMPTION, UNBOUNDED, Preemption, pick_candidate, worth_preempting
 from sagesched.scheduling.priority import engine_priority
 from sagesched.scheduling.queue import AgingQueue
 from sagesched.scheduling.types import PodView, SchedRequest
@@ -31,6 +36,7 @@ class _InFlight:
     poly: CostPolynomial  # frozen at dispatch so contributions subtract exactly
     contribution: PodLoad
     span: tuple[int, int]  # attained counts sharing the ladder step `contribution` was computed at
+    start: int  # tokens generated before this dispatch (a resumed request's earlier run)
 
 
 class Scheduler:
@@ -41,38 +47,59 @@ class Scheduler:
         aging_rate: float = DEFAULT_AGING_RATE,
         engine: str = "vllm",
         reference_profile: StepTimeProfile | None = None,
+        preemption: Preemption = NO_PREEMPTION,
+        cost_model: str = "hybrid",
     ) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.admission = admission or Admission()
-        self.aging_rate = aging_rate
+        self.aging_rate = aging_rate if self.policy.aged else 0.0
         self.engine = engine
+        self.preemption = self._preemption_for(preemption)
+        self.cost_kind = self.policy.cost_model or cost_model
         self._cost = CostModel(reference_profile or load_profile())
+        self._cost.polynomial(self.cost_kind, 1, 0.5)  # an unknown cost model fails here, not later
         self._memory_weight = 0.5
         self._queues: dict[str, AgingQueue] = {}
         self._inflight: dict[str, _InFlight] = {}
         self._by_pod: dict[str, dict[str, SchedRequest]] = {}
         self._load: dict[str, PodLoad] = {}
+        self._preempted: list[tuple[SchedRequest, str]] = []
         self._tick = 0
+        self.preemptions = 0
+
+    def _preemption_for(self, requested: Preemption) -> Preemption:
+        """Preemption applies to preemptive policies only; the oracle's SRPT has no hysteresis."""
+        if not (requested.enabled and self.policy.preemptive):
+            return NO_PREEMPTION
+        if not self.policy.aged:
+            return Preemption(bucket_tokens=requested.bucket_tokens, min_gain=UNBOUNDED.min_gain,
+                              max_per_request=UNBOUNDED.max_per_request)
+        return requested
 
     # --- intake ---------------------------------------------------------------------------------
     def submit(self, req: SchedRequest, now: float) -> None:
-        """Rank and queue. Ranks are frozen here: a queued request has attained nothing, so its
-        index cannot change while it waits; aging is added by the queue."""
+        """Rank and queue. A queued request attains nothing while it waits, so its rank is fixed
+        until it runs again; aging is added by the queue."""
         if self.policy.central_queue:
-            req.rank = self.policy.rank(req, self._poly(req))
+            self._rerank(req, self._poly(req))
         queue = self._queues.get(req.model)
         if queue is None:
             queue = self._queues[req.model] = AgingQueue(self.aging_rate if self.policy.central_queue else 0.0)
         queue.push(req)
 
     def _poly(self, req: SchedRequest) -> CostPolynomial:
-        return self._cost.hybrid(req.prompt_tokens, self._memory_weight)
+        return self._cost.polynomial(self.cost_kind, req.prompt_tokens, self._memory_weight)
+
+    def _rerank(self, req: SchedRequest, poly: CostPolynomial) -> None:
+        req.rank = self.policy.rank(req, poly, req.generated)
+        req.rank_bucket = self.policy.bucket(req, req.generated, self.preemption.bucket_tokens)
 
     # --- release --------------------------------------------------------------------------------
     def dispatch(self, pods: Sequence[PodView], now: float) -> list[tuple[SchedRequest, PodView]]:
         """Release every queued request that may go now, in policy order, each to its chosen pod.
         A central-queue policy stops a model's queue at the first request no pod can take (strict
-        order: backfilling past it would starve big requests)."""
+        order: backfilling past it would starve big requests); a preemptive one may instead displace
+        a running request for it and send it to that pod (see `take_preemptions`)."""
         by_pod = self._by_pod
         for pod in pods:
             mine = by_pod.get(pod.name)
@@ -81,10 +108,14 @@ class Scheduler:
         released: list[tuple[SchedRequest, PodView]] = []
         for queue in self._queues.values():
             while (req := queue.peek()) is not None:
-                placed = self._place(req, pods)
+                placed, victim = self._place(req, pods), None
+                if placed is None and self.preemption.enabled:
+                    placed, victim = self._preempt_for(req, queue, pods)
                 if placed is None:
                     break
                 queue.pop()
+                if victim is not None:
+                    self._queues[victim.model].push(victim)
                 self._assign(req, queue, now, *placed)
                 released.append((req, placed[0]))
         return released
@@ -112,9 +143,18 @@ class Scheduler:
             ]
         if not candidates:
             return None
-        ctx = PickContext(work=self._work, cost_on=lambda _p: new.work, tick=self._tick)
+        ctx = PickContext(work=self._work, cost_on=self._cost_on(req, new), tick=self._tick)
         self._tick += 1
         return self.policy.choose(req, candidates, ctx), poly, new
+
+    def _cost_on(self, req: SchedRequest, new: PodLoad):
+        """The request's expected cost per pod: a resumed request costs its recompute everywhere
+        but on the pod whose prefix cache still holds it."""
+        if req.resume_pod is None:
+            return lambda _p: new.work
+        recompute = self._cost.compute(req.prompt_tokens + req.generated).c0
+        home = req.resume_pod
+        return lambda p: new.work + (0.0 if p.name == home else recompute)
 
     def _work(self, pod: PodView) -> float:
         """Expected outstanding pod-seconds: ours, plus requests the engine reports that we did
@@ -132,12 +172,52 @@ class Scheduler:
         req.engine_priority = (
             engine_priority(queue.key_at(req, now), self.engine) if self.policy.central_queue else 0
         )
-        entry = _InFlight(req, pod.name, poly, contribution, ladder_span(req.generated))
+        entry = _InFlight(req, pod.name, poly, contribution, ladder_span(req.generated), req.generated)
         self._inflight[req.request_id] = entry
         self._by_pod.setdefault(pod.name, {})[req.request_id] = req
         self._load_of(pod.name).add(entry.contribution)
         pod.inflight.append(req)
         pod.num_waiting += 1  # our own accounting until the next metrics report arrives
+
+    # --- preemption -------------------------------------------------------------------------------
+    def _preempt_for(
+        self, head: SchedRequest, queue: AgingQueue, pods: Sequence[PodView]
+    ) -> tuple[tuple[PodView, CostPolynomial, PodLoad] | None, SchedRequest | None]:
+        """For a head that fits nowhere: displace the worst running request if it is worse by
+        enough, and send the head to the pod it frees (its engine priority puts it ahead of what
+        waits there). Returns that placement and the victim (to queue again once the head has left
+        the queue), or (None, None)."""
+        settings, policy = self.preemption, self.policy
+        by_name = {p.name: p for p in pods if eligible_for(head, p)}
+
+        def eligible(r: SchedRequest) -> bool:
+            return policy.bucket(r, r.generated, settings.bucket_tokens) != r.decided_bucket and policy.may_preempt(r)
+
+        running = [r for p in by_name.values() for r in p.inflight]
+        victim = pick_candidate(running, queue.static_key, eligible, settings)
+        if victim is None:
+            return None, None
+        victim.decided_bucket = policy.bucket(victim, victim.generated, settings.bucket_tokens)
+        self._rerank(victim, self._inflight[victim.request_id].poly)
+        pod = by_name[victim.pod]
+        stalled = settings.recompute_weight * max(pod.num_running, len(pod.inflight))
+        recompute = self._cost.compute(victim.prompt_tokens + victim.generated).c0 * max(stalled, 1.0)
+        if not worth_preempting(head, queue.static_key(head), victim, queue.static_key(victim), recompute, settings):
+            return None, None
+        self._forget(victim.request_id)
+        pod.inflight = [r for r in pod.inflight if r is not victim]
+        victim.preemptions += 1
+        victim.resume_pod, victim.pod, victim.dispatched_at = pod.name, None, None
+        self._preempted.append((victim, pod.name))
+        self.preemptions += 1
+        poly = self._poly(head)
+        return (pod, poly, self._contribution(head, poly)), victim
+
+    def take_preemptions(self) -> list[tuple[SchedRequest, str]]:
+        """(request, pod) pairs to end on their pods now; each is queued again already and resumes
+        from `generated` tokens when dispatched (prompt + generated text, on `resume_pod` if it may)."""
+        out, self._preempted = self._preempted, []
+        return out
 
     # --- in-flight accounting -----------------------------------------------------------------
     def _load_of(self, pod_name: str) -> PodLoad:
@@ -146,45 +226,54 @@ class Scheduler:
             load = self._load[pod_name] = PodLoad()
         return load
 
-    def _contribution(self, req: SchedRequest, poly: CostPolynomial) -> PodLoad:
+    def _contribution(self, req: SchedRequest, poly: CostPolynomial, prefilled: bool = False) -> PodLoad:
+        """Expected remaining KV growth and work; until its first token of this run, the prompt
+        (with what an earlier run generated: a resume recomputes it) waits for prefill."""
         g = req.generated
         rem = remaining(self.policy.distribution_for(req), poly, req.output_cap, g)
         return PodLoad(
             growth_mean=rem.tokens(g),
             growth_var=rem.var_len,
-            pending_prompt=float(req.prompt_tokens) if g <= 0 else 0.0,
+            pending_prompt=0.0 if prefilled else float(req.prompt_tokens + g),
             work=rem.cost(poly, g),
         )
 
     def on_progress(self, request_id: str, generated: int) -> None:
         """Tokens streamed so far. Cheap unless the count crossed a step of the conditioning
-        ladder, so callers may report every chunk."""
+        ladder or a refresh bucket, so callers may report every chunk."""
         entry = self._inflight.get(request_id)
         if entry is None:
             return
-        first_token = entry.req.generated <= 0 < generated
-        entry.req.generated = generated
+        req = entry.req
+        first_token = req.generated <= entry.start < generated
+        req.generated = generated
         lo, hi = entry.span
         if first_token or not lo <= generated < hi:
             self._refresh(entry)
+        if self.preemption.enabled and self.policy.bucket(req, generated, self.preemption.bucket_tokens) != req.rank_bucket:
+            self._rerank(req, entry.poly)
 
     def _refresh(self, entry: _InFlight) -> None:
         load = self._load_of(entry.pod)
         load.add(entry.contribution, -1.0)
-        entry.contribution = self._contribution(entry.req, entry.poly)
+        entry.contribution = self._contribution(entry.req, entry.poly, entry.req.generated > entry.start)
         entry.span = ladder_span(entry.req.generated)
         load.add(entry.contribution)
 
-    def on_finish(self, request_id: str, now: float) -> SchedRequest | None:
-        """The request left its pod (finished or failed); forget it everywhere."""
+    def _forget(self, request_id: str) -> _InFlight | None:
         entry = self._inflight.pop(request_id, None)
         if entry is None:
-            return self._dequeue(request_id)
+            return None
         self._load_of(entry.pod).add(entry.contribution, -1.0)
         self._by_pod[entry.pod].pop(request_id, None)
         if not self._by_pod[entry.pod]:
             self._load[entry.pod] = PodLoad()  # resync: no float drift survives an idle pod
-        return entry.req
+        return entry
+
+    def on_finish(self, request_id: str, now: float) -> SchedRequest | None:
+        """The request left its pod (finished or failed); forget it everywhere."""
+        entry = self._forget(request_id)
+        return self._dequeue(request_id) if entry is None else entry.req
 
     def cancel(self, request_id: str) -> SchedRequest | None:
         """Client went away: drop from the queue or from in-flight accounting."""

@@ -30,9 +30,14 @@ class SchedRequest:
     true_output_tokens: int | None = None
     pod: str | None = None
     dispatched_at: float | None = None
-    # set by the Scheduler: the policy's rank (expected cost per completion, pod-seconds)
+    # set by the Scheduler: the policy's rank (expected cost per completion, pod-seconds), the
+    # refresh bucket it was computed in, and the preemption bookkeeping
     rank: float = 0.0
     engine_priority: int = 0
+    rank_bucket: int = 0
+    preemptions: int = 0
+    decided_bucket: int = -1  # bucket of the last preemption decision about it (hysteresis)
+    resume_pod: str | None = None  # where its prefix is cached after a preemption
 
     @property
     def output_cap(self) -> int:

@@ -17,37 +17,55 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sagesched.engine import Engine, EngineRequest, StepOutcome, StepTimeProfile
+from sagesched.distribution import LengthDistribution
 from sagesched.scheduling import Admission, HistoryEstimator, PodView, SchedRequest, Scheduler
+from sagesched.scheduling.admission import DEFAULT_QUANTILE
+from sagesched.scheduling.preemption import NO_PREEMPTION, Preemption
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
 from sagesched.simulator.workload import Workload
 from sagesched.traces import Trace
 
 MODEL = "m"
+NOISE_SHARE = 0.2  # the paper's noise ablation: prediction mixed 4:1 with the uniform distribution
+# every policy runs on identically configured engines: vLLM with `--scheduling-policy priority`
+# (policies without a central queue send priority 0, which is FCFS order) and prefix caching on
+ENGINE_SCHEDULING = "priority"
 
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """`name[:true|:pred][:noadm]` — a registered policy, optionally with the true conditional length
-    distribution (`true`) or the predictor's exported distributions (`pred`, for traces that carry
-    them) instead of the history estimator, optionally without the memory admission gate."""
+    """`name[:true|:pred][:memgate][:nopreempt][:noise][:cost=KIND]` — a registered policy,
+    optionally with the true conditional length distribution (`true`) or the predictor's exported
+    distributions (`pred`, for traces that carry them) instead of the history estimator, with the
+    quantile memory admission gate (`memgate`; off by default: reserving KV for pessimistic lengths
+    starves the GPU, measured in bench/results/standard), without preemption (`nopreempt`: the index is then frozen while
+    a request runs), with its predictions mixed 4:1 with the uniform distribution (`noise`), or with
+    another cost model (`cost=paper|output|vtc|hybrid`)."""
 
     policy: str
     true_distribution: bool = False
-    memory_admission: bool = True
+    memory_admission: bool = False
     predicted: bool = False
+    preempt: bool = True
+    noise: bool = False
+    cost_model: str = "hybrid"
 
     @classmethod
     def parse(cls, text: str) -> "PolicySpec":
         name, *flags = text.split(":")
-        unknown = set(flags) - {"true", "noadm", "pred"}
-        if unknown:
+        costs = [f.split("=", 1)[1] for f in flags if f.startswith("cost=")]
+        unknown = {f for f in flags if not f.startswith("cost=")} - {"true", "memgate", "pred", "nopreempt", "noise"}
+        if unknown or len(costs) > 1:
             raise ValueError(f"unknown policy flags {sorted(unknown)} in {text!r}")
-        return cls(name, "true" in flags, "noadm" not in flags, "pred" in flags)
+        return cls(name, "true" in flags, "memgate" in flags, "pred" in flags, "nopreempt" not in flags,
+                   "noise" in flags, costs[0] if costs else "hybrid")
 
     @property
     def label(self) -> str:
         source = ":true" if self.true_distribution else ":pred" if self.predicted else ""
-        return self.policy + source + ("" if self.memory_admission else ":noadm")
+        flags = [("memgate", self.memory_admission), ("nopreempt", not self.preempt), ("noise", self.noise),
+                 (f"cost={self.cost_model}", self.cost_model != "hybrid")]
+        return self.policy + source + "".join(f":{f}" for f, on in flags if on)
 
 
 @dataclass(frozen=True)
@@ -55,9 +73,10 @@ class SimConfig:
     pods: int = 8
     seed: int = 0
     aging_rate: float = DEFAULT_AGING_RATE
-    admission_quantile: float = 0.9
+    admission_quantile: float = DEFAULT_QUANTILE
     engine_buffer: int = 4
     prefill_tokens: int | None = None
+    preemption: Preemption = Preemption()
 
 
 @dataclass
@@ -69,9 +88,12 @@ class SimResult:
     first_scheduled: np.ndarray
     finish: np.ndarray
     output: np.ndarray
-    preemptions: int
+    preemptions: int  # the engines' own (recompute when KV runs out)
     kv_peak: float  # highest KV usage any pod reported (fraction)
     finished_ids: list[str] = field(default_factory=list)
+    router_preemptions: int = 0  # the scheduler's decisions (request ended, resumed later)
+    recomputed_tokens: int = 0  # prompt and generated tokens computed again after either kind
+    prefix_cache_hit_tokens: int = 0
 
 
 def make_estimator(spec: PolicySpec, history: Trace, full: Trace) -> HistoryEstimator:
@@ -92,10 +114,10 @@ class ClusterSim:
             admission=Admission(spec.memory_admission, config.admission_quantile, config.engine_buffer,
                                 config.prefill_tokens),
             aging_rate=config.aging_rate, engine="sim", reference_profile=profile,
+            preemption=config.preemption if spec.preempt else NO_PREEMPTION, cost_model=spec.cost_model,
         )
         central = self.scheduler.policy.central_queue
-        self.engines = [Engine(profile, "priority" if central else "fcfs", seed=config.seed + k)
-                        for k in range(config.pods)]
+        self.engines = [Engine(profile, ENGINE_SCHEDULING, seed=config.seed + k) for k in range(config.pods)]
         self.views = [PodView(f"pod-{k}", (MODEL,), profile) for k in range(config.pods)]
         self.index = {v.name: k for k, v in enumerate(self.views)}
         self.estimator = estimator
@@ -104,6 +126,9 @@ class ClusterSim:
         self.sched_reqs: dict[str, SchedRequest] = {}
         self.engine_reqs: dict[str, EngineRequest] = {}
         self.finished: list[EngineRequest] = []
+        # resumed requests: tokens generated by earlier runs, and (first scheduled, first token) times
+        self.offsets: dict[str, int] = {}
+        self.first_times: dict[str, tuple[float, float]] = {}
         self.kv_peak = 0.0
         self._heap: list[tuple[float, int]] = []
         self._queued_at: list[float] = [math.nan] * config.pods
@@ -125,6 +150,8 @@ class ClusterSim:
     def _arrive(self, i: int, now: float) -> None:
         p, o = int(self.w.prompts[i]), int(self.w.outputs[i])
         dist = self.w.source.prediction(i) if self.spec.predicted else self.estimator.predict(MODEL, p)
+        if self.spec.noise:
+            dist = LengthDistribution.mixture([dist, LengthDistribution.uniform(dist.grid)], [1 - NOISE_SHARE, NOISE_SHARE])
         req = SchedRequest(str(i), MODEL, p, now, dist, true_output_tokens=o)
         self.sched_reqs[req.request_id] = req
         self.scheduler.submit(req, now)
@@ -154,14 +181,15 @@ class ClusterSim:
         self._stale_views.add(k)
         self.kv_peak = max(self.kv_peak, engine.kv_usage)
         if self.track_progress:
-            on_progress, reqs = self.scheduler.on_progress, self.engine_reqs  # hot: every token-emitting request
+            on_progress, reqs, offsets = self.scheduler.on_progress, self.engine_reqs, self.offsets  # hot
             for rid in out.tokens:
-                on_progress(rid, reqs[rid].generated)
+                on_progress(rid, reqs[rid].generated + offsets.get(rid, 0))
         for done in out.finished:
             self.scheduler.on_finish(done.request_id, done.finish_time)
             self.finished.append(done)
             if self.learn_online:
-                self.estimator.observe(MODEL, done.prompt_tokens, done.generated)
+                rid = done.request_id
+                self.estimator.observe(MODEL, self.sched_reqs[rid].prompt_tokens, done.generated + self.offsets.get(rid, 0))
         self._schedule(k)
 
     # --- dispatch -----------------------------------------------------------------------------------
@@ -174,28 +202,58 @@ class ClusterSim:
             view.kv_usage, view.num_running, view.num_waiting = engine.kv_usage, engine.num_running, engine.num_waiting
         self._stale_views.clear()
 
+    def _catch_up(self, k: int, now: float) -> Engine:
+        """Bring pod k up to `now` (the instant of a scheduler decision about it)."""
+        engine = self.engines[k]
+        if engine.has_work and engine.now < now:
+            self._absorb(k, engine.advance(now - engine.now))
+        return engine
+
     def _dispatch(self, now: float) -> None:
         self._refresh_views()
-        for req, view in self.scheduler.dispatch(self.views, now):
+        released = self.scheduler.dispatch(self.views, now)
+        for req, pod in self.scheduler.take_preemptions():
+            self._preempt(req, pod, now)
+        for req, view in released:
             k = self.index[view.name]
-            engine = self.engines[k]
-            if engine.has_work and engine.now < now:  # bring the pod up to the dispatch instant
-                self._absorb(k, engine.advance(now - engine.now))
-            ereq = EngineRequest(req.request_id, req.prompt_tokens, req.true_output_tokens or 1,
-                                 req.max_tokens, req.engine_priority, now)
-            self.engine_reqs[req.request_id] = ereq
+            engine = self._catch_up(k, now)
+            rid, done = req.request_id, self.offsets.get(req.request_id, 0)
+            previous = self.engine_reqs.get(rid)
+            ereq = EngineRequest(rid, req.prompt_tokens + done, (req.true_output_tokens or 1) - done,
+                                 None if req.max_tokens is None else req.max_tokens - done,
+                                 req.engine_priority, now, cache_key=rid,
+                                 previously_computed=previous.num_computed_tokens if done else 0)
+            self.engine_reqs[rid] = ereq
             engine.add_request(ereq)
             self._stale_views.add(k)
             self._schedule(k)
 
+    def _preempt(self, req: SchedRequest, pod: str, now: float) -> None:
+        """End `req`'s run on `pod` as vLLM ends an aborted request: its blocks stay in the prefix
+        cache until evicted. What it generated is kept; it resumes as a continuation."""
+        k = self.index[pod]
+        engine = self._catch_up(k, now)
+        ereq = engine.abort(req.request_id)
+        if ereq is None:  # it finished while the pod caught up: nothing to resume
+            return
+        rid = req.request_id
+        if rid not in self.first_times:
+            self.first_times[rid] = (ereq.first_scheduled_time, ereq.first_token_time)
+        self.offsets[rid] = req.generated = self.offsets.get(rid, 0) + ereq.generated
+        self._stale_views.add(k)
+        self._schedule(k)
+
     def _result(self) -> SimResult:
         done = sorted(self.finished, key=lambda r: int(r.request_id))
         arrival = np.array([self.sched_reqs[r.request_id].arrival for r in done])
-        col = lambda attr: np.array([getattr(r, attr) for r in done], dtype=np.float64)  # noqa: E731
+        first = [self.first_times.get(r.request_id, (r.first_scheduled_time, r.first_token_time)) for r in done]
+        col = lambda values: np.array(values, dtype=np.float64)  # noqa: E731
         return SimResult(
-            self.spec.label, self.w.load, arrival, col("first_token_time"), col("first_scheduled_time"),
-            col("finish_time"), col("generated"), sum(e.counters.preemptions for e in self.engines),
-            self.kv_peak, [r.request_id for r in done],
+            self.spec.label, self.w.load, arrival, col([f[1] for f in first]), col([f[0] for f in first]),
+            col([r.finish_time for r in done]), col([r.generated + self.offsets.get(r.request_id, 0) for r in done]),
+            sum(e.counters.preemptions for e in self.engines), self.kv_peak, [r.request_id for r in done],
+            self.scheduler.preemptions, sum(e.counters.recomputed_tokens for e in self.engines),
+            sum(e.kv.hit_tokens for e in self.engines),
         )
 
 

@@ -11,8 +11,8 @@ from sagesched.simulator.cluster import SimResult
 
 COLUMNS = (
     "trace", "arrivals", "load", "policy", "requests", "ttlt_mean", "ttlt_p50", "ttlt_p90", "ttlt_p99",
-    "ttft_mean", "ttft_p99", "queue_mean", "throughput_rps", "preemptions", "starvation", "kv_peak",
-    "wall_s",
+    "ttft_mean", "ttft_p99", "queue_mean", "throughput_rps", "preemptions", "router_preemptions",
+    "recomputed_tokens", "starvation", "kv_peak", "wall_s",
 )
 
 
@@ -27,6 +27,7 @@ def summarize(r: SimResult, trace: str, arrivals: str, wall_s: float) -> dict[st
         "ttlt_p99": pct(ttlt, 99), "ttft_mean": round(float(ttft.mean()), 4), "ttft_p99": pct(ttft, 99),
         "queue_mean": round(float((r.first_scheduled - r.arrival).mean()), 4),
         "throughput_rps": round(len(ttlt) / span, 3), "preemptions": r.preemptions,
+        "router_preemptions": r.router_preemptions, "recomputed_tokens": r.recomputed_tokens,
         # seconds of TTLT per output token of the worst-served request: large when something starved
         "starvation": round(float((ttlt / np.maximum(r.output, 1)).max()), 4),
         "kv_peak": round(r.kv_peak, 3), "wall_s": round(wall_s, 2),

@@ -15,7 +15,8 @@ def small_profile(**overrides: object) -> StepTimeProfile:
 
 
 def random_workload(seed: int, n: int, max_prompt: int = 120, max_output: int = 100,
-                    spacing: float = 0.01, priorities: int = 1) -> list[EngineRequest]:
+                    spacing: float = 0.01, priorities: int = 1, keyed: bool = False) -> list[EngineRequest]:
+    """Random requests; `keyed` gives each a prefix-cache key, so preempted ones can find their blocks."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(spacing, n))
     return [
@@ -26,6 +27,7 @@ def random_workload(seed: int, n: int, max_prompt: int = 120, max_output: int = 
             max_tokens=int(rng.integers(1, max_output + 1)) if rng.random() < 0.3 else None,
             priority=int(rng.integers(0, priorities)),
             arrival=float(arrivals[i]),
+            cache_key=f"r{i}" if keyed else None,
         )
         for i in range(n)
     ]

@@ -63,7 +63,7 @@ def test_fcfs_preempts_the_most_recently_scheduled_request():
     for r in reqs:
         engine.add_request(r)
     while not (out := engine.step()).preempted:
-        pass
+        assert engine.has_work, "every request finished without a preemption"
     assert out.preempted[0] == engine.waiting.peek().request_id == "r3"  # back at the front
 
 
@@ -72,7 +72,7 @@ def test_priority_mode_preempts_the_lowest_priority_request():
     for i, prio in enumerate([2, 0, 5, 1]):
         engine.add_request(EngineRequest(f"r{i}", 60, 200, priority=prio, arrival=0.0))
     while not (out := engine.step()).preempted:
-        pass
+        assert engine.has_work, "every request finished without a preemption"
     assert out.preempted[0] == "r2"
 
 
@@ -102,6 +102,7 @@ def test_long_prompts_are_prefilled_in_chunks_of_the_token_budget():
     engine.add_request(req)
     steps_to_first_token = 0
     while req.first_token_time is None:
+        assert engine.has_work, "the request left the engine without a first token"
         engine.step()
         steps_to_first_token += 1
     assert steps_to_first_token == math.ceil(200 / 64)
@@ -158,11 +159,12 @@ def test_latency_fields_are_consistent():
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), scheduling=st.sampled_from(["fcfs", "priority"]),
        blocks=st.integers(64, 400), stop_on_finish=st.booleans(),
-       scalar_run=st.sampled_from([0, engine_module.SCALAR_RUN, 10**9]))
-def test_advance_equals_repeated_step_exactly(seed, scheduling, blocks, stop_on_finish, scalar_run):
-    """Whichever way a decode run is timed (numpy, scalar, or the default mix)."""
+       scalar_run=st.sampled_from([0, engine_module.SCALAR_RUN, 10**9]), keyed=st.booleans())
+def test_advance_equals_repeated_step_exactly(seed, scheduling, blocks, stop_on_finish, scalar_run, keyed):
+    """Whichever way a decode run is timed (numpy, scalar, or the default mix), with or without
+    prefix-cache keys (preempted requests then find part of their blocks again)."""
     profile = small_profile(num_gpu_blocks=blocks, max_num_seqs=12)
-    workload = random_workload(seed, 40, spacing=0.02, priorities=3)
+    workload = random_workload(seed, 40, spacing=0.02, priorities=3, keyed=keyed)
     stepped, advanced = Engine(profile, scheduling), Engine(profile, scheduling)
     by_step, by_advance = copy.deepcopy(workload), copy.deepcopy(workload)
     run_by_steps(stepped, by_step)
@@ -195,3 +197,43 @@ def test_same_seed_same_results():
 
     assert run(7) == run(7)
     assert run(7) != run(8)
+
+
+def test_a_continuation_finds_its_aborted_blocks_in_the_prefix_cache():
+    """vLLM's automatic prefix caching: an aborted request's full blocks stay cached, and its
+    continuation (prompt + generated, same key) computes only the rest."""
+    profile = small_profile(num_gpu_blocks=80, block_size=4)
+    engine = Engine(profile, "priority")
+    first = EngineRequest("a", prompt_tokens=30, output_tokens=50, cache_key="a")
+    engine.add_request(first)
+    while first.generated < 10:
+        engine.step()
+    computed = first.num_computed_tokens  # 30 + 10 - 1 = 39: the last sampled token is not in the cache yet
+    assert computed == 39
+    engine.abort("a")
+    assert engine.kv.used_blocks == 0 and engine.kv.cached_total == 39 // 4  # 9 full blocks kept
+    resumed = EngineRequest("a", prompt_tokens=40, output_tokens=40, cache_key="a", previously_computed=computed)
+    engine.add_request(resumed)
+    engine.step()
+    assert resumed.num_computed_tokens == 40  # 36 from the cache, 4 computed in this step
+    assert engine.kv.hit_tokens == 36
+    assert engine.counters.recomputed_tokens == 39 - 36  # what the cache had lost: the partial block
+    while engine.has_work:
+        engine.step()
+    assert resumed.generated == 40
+
+
+def test_cached_blocks_are_evicted_least_recently_freed_first_and_a_keyless_request_never_hits():
+    engine = Engine(small_profile(num_gpu_blocks=20, block_size=4, max_num_seqs=4, max_model_len=80), "priority")
+    for key in ("old", "new"):
+        req = EngineRequest(key, prompt_tokens=32, output_tokens=100, cache_key=key)
+        engine.add_request(req)
+        while req.generated < 1:
+            engine.step()
+        engine.abort(key)  # 8 full blocks each, both cached: 16 of 20 free blocks hold them
+    hog = EngineRequest("hog", prompt_tokens=40, output_tokens=1)  # needs 10 blocks: evicts 6 of "old"
+    engine.add_request(hog)
+    engine.step()
+    engine.step()
+    assert engine.kv.cached_blocks("old", 33) == 2 and engine.kv.cached_blocks("new", 33) == 8
+    assert engine.kv.cached_blocks(None, 33) == 0

@@ -7,7 +7,8 @@ import pytest
 from sagesched.distribution import LengthDistribution as D
 from sagesched.engine.profile import load_profile
 from sagesched.scheduling import HistoryEstimator, PodView, SchedRequest, Scheduler, engine_priority
-from sagesched.scheduling.cost import CostModel, CostPolynomial, capped_moments, expected_cost
+from sagesched.scheduling.admission import Admission
+from sagesched.scheduling.cost import CostModel, CostPolynomial, expected_cost
 from sagesched.scheduling.gittins import gittins_rank
 
 PROFILE = load_profile()
@@ -15,12 +16,20 @@ POLY = CostModel(PROFILE).compute(500)
 
 
 def test_expected_cost_of_a_two_point_distribution_is_exact() -> None:
-    poly = CostPolynomial(1.0, 2.0, 3.0)
+    poly = CostPolynomial(1.0, 2.0, 3.0)  # cost(x) = 1 + 2x + 3x^2
     dist = D.mixture([D.point(10), D.point(20)], [0.5, 0.5])
-    # mixture drops floors: recompute by hand from the per-bin uniform model instead
-    p, m1, m2, _ = capped_moments(dist, 10_000)
-    assert expected_cost(poly, dist, 10_000) == pytest.approx(float(p @ (1 + 2 * m1 + 3 * m2)))
+    # mixture drops floors, so each half is uniform over its grid bin. On the shared grid the bins
+    # are one token wide up to 19; 10 sits in [10, 10] and 20 in [19, 21]:
+    g = dist.grid
+    assert (g.lo[g.bin_of(10)], g.hi[g.bin_of(10)]) == (10, 10)
+    assert (g.lo[g.bin_of(20)], g.hi[g.bin_of(20)]) == (19, 21)
+    #   bin [10, 10]: 1 + 2*10 + 3*100                          = 321
+    #   bin [19, 21]: 1 + 2*20 + 3*(361 + 400 + 441)/3 = 41 + 1202 = 1243
+    #   expected: 0.5*321 + 0.5*1243 = 160.5 + 621.5            = 782
+    assert expected_cost(poly, dist, 10_000) == pytest.approx(782.0)
     assert expected_cost(poly, D.point(10), 10_000) == pytest.approx(1 + 20 + 300)
+    # a cap below the upper bin: 19, 20 and 21 all become 19 -> 0.5*321 + 0.5*(1 + 38 + 1083) = 721.5
+    assert expected_cost(poly, dist, 19) == pytest.approx(721.5)
 
 
 def test_max_tokens_caps_the_cost() -> None:
@@ -79,8 +88,8 @@ def test_sagesched_serves_shortest_first_without_aging() -> None:
     sched = Scheduler("sagesched", aging_rate=0.0)
     for i, n in enumerate((800, 20, 200)):
         sched.submit(_req(f"r{n}", n, float(i)), float(i))
-    sched.dispatch([], 3.0)
-    assert _drain(Scheduler("fcfs"), 0.0) == []
+    assert sched.dispatch([], 3.0) == []  # no pod: nothing released, nothing dropped
+    assert sched.queue_depth() == 3
     # one request at a time (at most one waiting at the engine): strict policy order
     sched.admission = type(sched.admission)(memory_aware=False, engine_buffer=1)
     assert _drain(sched, 3.0) == ["r20", "r200", "r800"]
@@ -104,7 +113,7 @@ def test_fcfs_keeps_arrival_order() -> None:
 
 
 def test_memory_admission_holds_back_what_would_overflow_the_cache() -> None:
-    sched = Scheduler("oracle")
+    sched = Scheduler("oracle", Admission(memory_aware=True, prefill_tokens=0))  # the optional gate
     pod = PodView("p0", ("m",), PROFILE.with_overrides(num_gpu_blocks=1000))  # 16k tokens
     sched.submit(_req("a", 6000, 0.0), 0.0)
     sched.submit(_req("b", 6000, 0.0), 0.0)

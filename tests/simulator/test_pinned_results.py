@@ -22,14 +22,16 @@ from sagesched.traces import Trace
 PROFILE = load_profile("h100-llama3-8b").with_overrides(num_gpu_blocks=2000, max_num_seqs=32)
 
 PINNED = {  # (policy, prompt tokens a pod may have waiting for prefill; 0: no prefill gate) -> digest
-    ("llmd", 0): "a18af3a7c162b09656ee4ab8",
-    ("round-robin", 0): "aa9ed6d1cafc3eb529262f29",
-    ("fcfs", 0): "82c6b78971ac2e671dddeea6",
-    ("fcfs:noadm", 0): "972406ff488851a51304a087",
-    ("sagesched", 0): "15209c021991fb781a01e397",
-    ("oracle", 0): "348ab8731d98e8d0514d614a",
-    ("sagesched", 1024): "1e1875f8c972f1b356927e3a",
-    ("fcfs", 1024): "7774dacfce003d1229c8c366",
+    ("llmd", 0): "883bcbbdfdd08c4b80255f2a",
+    ("round-robin", 0): "e815f2cbf0c15b5e796a9214",
+    ("fcfs", 0): "a7a5e5747ff64b8de8996cd1",
+    ("fcfs:memgate", 0): "82c6b78971ac2e671dddeea6",
+    ("sagesched", 0): "b39e39ad37e55679404cf0a0",
+    ("trail", 0): "975d1bc6b3c983ece4e494a4",
+    ("fastserve", 0): "a7a5e5747ff64b8de8996cd1",
+    ("oracle", 0): "f7891d953f6e622acf9dd934",
+    ("sagesched", 1024): "ca5a417e84fcb1fc459e7eb9",
+    ("fcfs", 1024): "3f38fc64b4fde9c9368f1a91",
 }
 
 

@@ -1,9 +1,10 @@
 """The policy interface and its registry.
 
-A policy answers two questions: in what order do waiting requests leave the central queue (`rank`,
-lower first), and which of the pods that can take a request gets it (`choose`). Anchor routers have
-no central queue (`central_queue = False`): they dispatch on arrival and the engine's own FCFS queue
-does the ordering.
+A policy answers: in what order do waiting requests leave the central queue (`rank`, lower first),
+which of the pods that can take a request gets it (`choose`), and — for preemptive policies — when a
+running request's rank is looked at again (`bucket`) and whether it may be displaced at all
+(`may_preempt`). Anchor routers have no central queue (`central_queue = False`): they dispatch on
+arrival and the engine's own queue does the ordering.
 """
 from __future__ import annotations
 
@@ -31,14 +32,28 @@ class PickContext:
 class Policy:
     name: ClassVar[str] = ""
     central_queue: ClassVar[bool] = True
+    # re-ranks running requests as they generate and lets a better waiting one displace them
+    preemptive: ClassVar[bool] = False
+    aged: ClassVar[bool] = True  # the queue's aging applies (the oracle is a bound: no aging)
+    cost_model: ClassVar[str | None] = None  # None: the scheduler's; e.g. "output" for SSJF-family
 
     def distribution_for(self, req: SchedRequest) -> LengthDistribution:
         """The length distribution this policy believes (the oracle swaps in the truth)."""
         return req.distribution
 
-    def rank(self, req: SchedRequest, poly: CostPolynomial) -> float:
-        """Queue rank in pod-seconds (lower leaves first); aging is added by the queue."""
+    def rank(self, req: SchedRequest, poly: CostPolynomial, attained: int) -> float:
+        """Rank in pod-seconds (lower leaves first) of a request that has generated `attained`
+        tokens; aging is added by the queue."""
         return 0.0
+
+    def bucket(self, req: SchedRequest, generated: int, size: int) -> int:
+        """Which refresh bucket `generated` tokens fall in: the rank of a running request is
+        recomputed only when this changes (and at most one preemption decision per bucket)."""
+        return generated // size
+
+    def may_preempt(self, req: SchedRequest) -> bool:
+        """Whether this running request may be displaced now (besides the scheduler's cap)."""
+        return True
 
     def choose(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> PodView:
         """Default picker: the pod where the request is expected to finish soonest — least
@@ -58,4 +73,7 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
 def make_policy(name: str, **params: float) -> Policy:
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-    return POLICIES[name](**params)
+    try:
+        return POLICIES[name](**params)
+    except TypeError as exc:
+        raise ValueError(f"policy {name!r} does not take parameters {sorted(params)}") from exc

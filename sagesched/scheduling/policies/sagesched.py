@@ -1,4 +1,10 @@
-"""`sagesched`: Gittins index on the hybrid cost distribution (see scheduling/gittins.py)."""
+"""`sagesched`: the paper's Gittins index over the remaining-cost distribution, refreshed at bucket
+boundaries as tokens are generated, with preemption (see scheduling/gittins.py).
+
+A request that outlives the short part of its distribution sees its index grow at the next bucket and
+yields to waiting requests that are now likelier to finish soon; with a sure length the index is the
+remaining cost, i.e. SRPT.
+"""
 from __future__ import annotations
 
 from sagesched.scheduling.cost import CostPolynomial
@@ -10,6 +16,7 @@ from sagesched.scheduling.types import SchedRequest
 @register_policy
 class SageSched(Policy):
     name = "sagesched"
+    preemptive = True
 
-    def rank(self, req: SchedRequest, poly: CostPolynomial) -> float:
-        return gittins_rank(self.distribution_for(req), poly, req.output_cap, req.generated)
+    def rank(self, req: SchedRequest, poly: CostPolynomial, attained: int) -> float:
+        return gittins_rank(self.distribution_for(req), poly, req.output_cap, attained)

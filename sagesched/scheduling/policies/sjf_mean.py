@@ -1,7 +1,8 @@
-"""`sjf-mean`: shortest job first on a point prediction — the cost of the predicted mean length.
+"""`sjf-mean`: shortest job first on the cost of the predicted mean length, non-preemptive.
 
 What most length-aware schedulers do; it ignores the spread, so a request that is probably short but
-possibly very long ranks as medium.
+possibly very long ranks as medium. For non-preemptive service this order is already optimal among
+orders by expected size: it is the yardstick the refreshed Gittins index must beat.
 """
 from __future__ import annotations
 
@@ -14,5 +15,5 @@ from sagesched.scheduling.types import SchedRequest
 class SjfMean(Policy):
     name = "sjf-mean"
 
-    def rank(self, req: SchedRequest, poly: CostPolynomial) -> float:
+    def rank(self, req: SchedRequest, poly: CostPolynomial, attained: int) -> float:
         return float(poly.at(min(self.distribution_for(req).mean, req.output_cap)))

@@ -1,0 +1,136 @@
+"""The refreshed Gittins index and the preemption decisions it drives, on hand-made cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sagesched.distribution import LengthDistribution as D
+from sagesched.engine.profile import load_profile
+from sagesched.scheduling import PodView, SchedRequest, Scheduler
+from sagesched.scheduling.admission import Admission
+from sagesched.scheduling.cost import CostPolynomial
+from sagesched.scheduling.gittins import gittins_rank
+from sagesched.scheduling.policies.fastserve import FastServe
+from sagesched.scheduling.policies.trail import Trail
+from sagesched.scheduling.preemption import Preemption
+
+TOKENS = CostPolynomial(0.0, 1.0, 0.0)  # cost = output tokens: ranks read in tokens
+PROFILE = load_profile()
+# 90% of the time 10 tokens, else ~10,000 (uniform over its grid bin): the mean is ~981
+BIMODAL = D.mixture([D.from_samples(np.array([10])), D.from_samples(np.array([10_000]))], [0.9, 0.1])
+
+
+def test_the_larger_mean_goes_first_when_it_is_likely_to_finish_soon() -> None:
+    """The paper's two-request example: expected size says the sure 500 first; the index does not."""
+    assert BIMODAL.mean > 900 > D.point(500).mean  # the 10,000 is uniform over its grid bin
+    # the best quantum of the bimodal request stops at 10 tokens: E[min(X, 10)] / P(X <= 10) = 10 / 0.9
+    assert gittins_rank(BIMODAL, TOKENS, 20_000) == pytest.approx(10 / 0.9)
+    assert gittins_rank(D.point(500), TOKENS, 20_000) == pytest.approx(500)
+
+
+def test_a_request_that_outlives_its_short_mode_loses_priority() -> None:
+    after = gittins_rank(BIMODAL, TOKENS, 20_000, attained=11)
+    # only the long mode is left: the 10,000 sits uniformly in its grid bin [lo, hi]; remaining = E[L] - 11
+    g = BIMODAL.grid
+    lo, hi = g.lo[g.bin_of(10_000)], g.hi[g.bin_of(10_000)]
+    assert after == pytest.approx((lo + hi) / 2 - 11, rel=1e-6)
+    assert after > gittins_rank(D.point(500), TOKENS, 20_000)
+
+
+def _full_pod() -> PodView:
+    """A pod whose engine queue is full: nothing more may be sent to it without displacing."""
+    return PodView("p0", ("m",), PROFILE.with_overrides(max_num_seqs=1), num_running=1, num_waiting=1)
+
+
+def _scheduler(**preemption: float) -> Scheduler:
+    return Scheduler("sagesched", Admission(engine_buffer=1, prefill_tokens=0), aging_rate=0.0,
+                     preemption=Preemption(**{"bucket_tokens": 5, **preemption}))
+
+
+def _running(sched: Scheduler, rid: str, dist: D, pods: list[PodView]) -> SchedRequest:
+    req = SchedRequest(rid, "m", 100, 0.0, dist)
+    sched.submit(req, 0.0)
+    free = PodView("p0", ("m",), PROFILE)
+    assert [r.request_id for r, _ in sched.dispatch([free], 0.0)] == [rid]
+    return req
+
+
+def test_a_waiting_request_displaces_a_running_one_whose_refreshed_index_is_worse() -> None:
+    sched = _scheduler()
+    long_runner = _running(sched, "bimodal", BIMODAL, [])
+    sched.on_progress("bimodal", 12)  # past the short mode, in a new bucket: its index is refreshed
+    short = SchedRequest("short", "m", 100, 1.0, D.point(50))
+    sched.submit(short, 1.0)
+    released = sched.dispatch([_full_pod()], 1.0)
+    assert [(r.request_id, p.name) for r, p in released] == [("short", "p0")]
+    assert [(r.request_id, pod) for r, pod in sched.take_preemptions()] == [("bimodal", "p0")]
+    # queued again with what it generated, to resume on the pod that caches its prefix
+    assert sched.queue_depth() == 1 and long_runner.generated == 12
+    assert long_runner.resume_pod == "p0" and long_runner.preemptions == 1 and long_runner.pod is None
+    assert [r.request_id for r in sched.inflight()] == ["short"]
+
+
+def test_no_preemption_while_the_running_request_is_still_in_its_likely_short_mode() -> None:
+    sched = _scheduler()
+    _running(sched, "bimodal", BIMODAL, [])
+    sched.on_progress("bimodal", 3)  # 90% likely to finish within 7 more tokens: better than a sure 50
+    sched.submit(SchedRequest("short", "m", 100, 1.0, D.point(50)), 1.0)
+    assert sched.dispatch([_full_pod()], 1.0) == []
+    assert sched.take_preemptions() == []
+
+
+def test_one_decision_per_bucket_and_the_cap_hold() -> None:
+    sched = _scheduler(max_per_request=1, min_gain=0.0)
+    victim = _running(sched, "bimodal", BIMODAL, [])
+    sched.on_progress("bimodal", 3)
+    sched.submit(SchedRequest("s1", "m", 100, 1.0, D.point(50)), 1.0)
+    assert sched.dispatch([_full_pod()], 1.0) == []  # not worth it: decided for bucket 0
+    sched.on_progress("bimodal", 4)  # same bucket [0, 5): not looked at again, whatever changed
+    assert sched.dispatch([_full_pod()], 1.1) == [] and victim.decided_bucket == 0
+    sched.on_progress("bimodal", 12)  # next bucket: decided again, now displaced
+    assert [r.request_id for r, _ in sched.dispatch([_full_pod()], 1.2)] == ["s1"]
+    assert [r.request_id for r, _ in sched.take_preemptions()] == ["bimodal"] and victim.preemptions == 1
+    # it resumes, outlives everything again, but the cap of one preemption keeps it running
+    sched.on_finish("s1", 1.3)
+    assert [r.request_id for r, _ in sched.dispatch([PodView("p0", ("m",), PROFILE)], 1.3)] == ["bimodal"]
+    sched.on_progress("bimodal", 40)
+    sched.submit(SchedRequest("s2", "m", 100, 2.0, D.point(50)), 2.0)
+    assert sched.dispatch([_full_pod()], 2.0) == [] and sched.take_preemptions() == []
+
+
+def test_a_more_urgent_client_priority_is_never_displaced() -> None:
+    sched = _scheduler(min_gain=0.0)
+    vip = SchedRequest("vip", "m", 100, 0.0, BIMODAL, priority=-1)
+    sched.submit(vip, 0.0)
+    sched.dispatch([PodView("p0", ("m",), PROFILE)], 0.0)
+    sched.on_progress("vip", 12)
+    sched.submit(SchedRequest("short", "m", 100, 1.0, D.point(50)), 1.0)
+    assert sched.dispatch([_full_pod()], 1.0) == [] and sched.take_preemptions() == []
+
+
+def test_without_a_preemptive_policy_nothing_is_preempted() -> None:
+    sched = Scheduler("sjf-mean", Admission(engine_buffer=1, prefill_tokens=0), aging_rate=0.0,
+                      preemption=Preemption(bucket_tokens=5, min_gain=0.0))
+    _running(sched, "bimodal", BIMODAL, [])
+    sched.on_progress("bimodal", 12)
+    sched.submit(SchedRequest("short", "m", 100, 1.0, D.point(50)), 1.0)
+    assert sched.dispatch([_full_pod()], 1.0) == [] and sched.take_preemptions() == []
+
+
+def test_fastserve_levels_follow_the_doubling_quanta_with_skip_join() -> None:
+    fs = FastServe(base_quantum=16, prefill_tokens_per_step=256)
+    short_prompt = SchedRequest("a", "m", 100, 0.0, BIMODAL)
+    assert fs.entry_level(short_prompt) == 0
+    # quanta 16, 32, 64: demoted after 16, 48 and 112 tokens
+    assert [fs.level(0, a) for a in (0, 15, 16, 47, 48, 111, 112)] == [0, 0, 1, 1, 2, 2, 3]
+    # a 16,384-token prompt is 64 prefill iterations: it joins the first level whose quantum covers 64
+    assert fs.entry_level(SchedRequest("b", "m", 16_384, 0.0, BIMODAL)) == 2
+
+
+def test_trail_preempts_only_early_in_a_request_s_predicted_life() -> None:
+    trail = Trail(early_fraction=0.5)
+    req = SchedRequest("a", "m", 100, 0.0, D.point(400))
+    req.generated = 199
+    assert trail.may_preempt(req)
+    req.generated = 200
+    assert not trail.may_preempt(req)

@@ -3,7 +3,8 @@
 One asyncio task per pod runs the engine: `step()`, sleep the step's duration times `time_scale`,
 hand the step's tokens to the waiting handlers. Engine time is the emulated clock; an idle engine
 catches up with the wall clock when work arrives, so metrics read as a real pod's would, in
-emulated seconds. Many pods can share one process and one event loop.
+emulated seconds. Many pods can share one process and one event loop, and may share a `clock`
+instead (see `EmulatedClock`).
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,6 +43,19 @@ class PodConfig:
     output_sigma: float = 1.0
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port
+
+
+# (request body, its engine request: emulated arrival, first-token and finish times fill in as it is served)
+RequestObserver = Callable[[dict, EngineRequest], None]
+
+
+class EmulatedClock(Protocol):
+    """A clock in emulated seconds that pods can share instead of their own wall-derived one (the
+    demo's stops while the host is stalled). `sleep_until(t)` returns once `now() >= t`."""
+
+    def now(self) -> float: ...
+
+    async def sleep_until(self, t: float) -> None: ...
 
 
 class _Stream:
@@ -73,6 +88,11 @@ class EmulatedPod:
         self._loop_task: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
         self._wall0 = 0.0
+        # Called as each request is admitted: lets an in-process harness read the engine's own
+        # (emulated) timings of each request once it is served (sagesched demo).
+        self.on_request_admitted: RequestObserver | None = None
+        # None: emulated time is (loop time - start) / time_scale. Set before the first request.
+        self.clock: EmulatedClock | None = None
 
     @property
     def base_url(self) -> str:
@@ -119,6 +139,8 @@ class EmulatedPod:
 
     # --- engine loop ----------------------------------------------------------------------------------------
     def _emulated_now(self) -> float:
+        if self.clock is not None:
+            return self.clock.now()
         return (asyncio.get_running_loop().time() - self._wall0) / self.config.time_scale
 
     async def _run_engine(self) -> None:
@@ -129,8 +151,10 @@ class EmulatedPod:
                 self._idle.set()
                 await self._wake.wait()
             out = self.engine.step()
-            # pace against the wall clock; a host that cannot keep up just runs behind
-            await asyncio.sleep(max(0.0, self._wall0 + self.engine.now * self.config.time_scale - loop.time()))
+            if self.clock is not None:
+                await self.clock.sleep_until(self.engine.now)
+            else:  # pace against the wall clock; a host that cannot keep up just runs behind
+                await asyncio.sleep(max(0.0, self._wall0 + self.engine.now * self.config.time_scale - loop.time()))
             self._deliver(out)
 
     def _deliver(self, out: StepOutcome) -> None:
@@ -189,11 +213,14 @@ class EmulatedPod:
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
-            parsed = parse_request(await self._json(request), chat)
+            body = await self._json(request)
+            parsed = parse_request(body, chat)
             stream = self._admit(parsed)
         except APIError as err:
             return web.json_response(err.body(), status=err.status)
         try:
+            if self.on_request_admitted is not None:
+                self.on_request_admitted(body, stream.req)
             if parsed.stream:
                 return await self._respond_streaming(request, parsed, stream)
             return await self._respond_whole(parsed, stream)

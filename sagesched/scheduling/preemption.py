@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sagesched.scheduling.types import SchedRequest
 
-DEFAULT_BUCKET_TOKENS = 200  # the paper's best bucket size; bench/results/standard (bucket sweep)
+DEFAULT_BUCKET_TOKENS = 100  # best of the sweep in bench/results/standard (the paper found 200)
 
 
 @dataclass(frozen=True)

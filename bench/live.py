@@ -90,7 +90,14 @@ async def _one_request(client, model: str, out: Outcome, start: float) -> None:
     delay = start + out.arrival - time.perf_counter()
     if delay > 0:
         await asyncio.sleep(delay)
-    sent = time.perf_counter()
+    await stream_request(client, model, out, time.perf_counter)
+
+
+async def stream_request(client, model: str, out: Outcome, clock, user: str | None = None) -> None:
+    """Send `out`'s request and record its TTFT/TTLT in seconds of `clock` after sending, the tokens
+    received, or the error; a failed request is a result, not a crash of the caller."""
+    sent = clock()
+    tagged = {} if user is None else {"user": user}
     try:
         # The official client builds, sends and checks the request; its raw streaming response is read
         # line by line because building a typed object per token would cost the load generator more
@@ -98,17 +105,17 @@ async def _one_request(client, model: str, out: Outcome, start: float) -> None:
         async with client.chat.completions.with_streaming_response.create(
             model=model, messages=[{"role": "user", "content": prompt_text(out.prompt_tokens)}],
             max_tokens=int(out.output_tokens), stream=True, stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True, "min_tokens": int(out.output_tokens)},
+            extra_body={"ignore_eos": True, "min_tokens": int(out.output_tokens)}, **tagged,
         ) as response:
             async for line in response.iter_lines():
                 if out.ttft is None and _CONTENT.search(line):
-                    out.ttft = time.perf_counter() - sent
+                    out.ttft = clock() - sent
                 elif _USAGE.search(line):
                     out.received_tokens = json.loads(line[len("data: "):])["usage"]["completion_tokens"]
-        out.ttlt = time.perf_counter() - sent
+        out.ttlt = clock() - sent
         if out.received_tokens != out.output_tokens:
             out.error = f"asked for {out.output_tokens} tokens, got {out.received_tokens}"
-    except Exception as exc:  # a failed request is a result, not a crash of the benchmark
+    except Exception as exc:
         out.error = f"{exc.__class__.__name__}: {exc}"[:200]
 
 

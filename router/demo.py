@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -155,39 +154,14 @@ def _demo_profile(dir_: Path) -> str:
     return str(path)
 
 
-_CONTENT = re.compile(r'"(?:content|text)":\s*"[^"]')  # a chunk that carries generated text
-_USAGE = re.compile(r'"usage":\s*\{')
-
-
 async def _send(client, out, tag: str, clock: StallFreeClock, start: float, sent: list, i: int) -> None:
     """bench.live's request, sent at its arrival on the emulated clock and tagged (`user`) so that
     the pod's record of it can be found; the client's own timings stay in wall seconds."""
-    loop = asyncio.get_running_loop()
+    from sagesched.bench.live import stream_request
+
     await clock.sleep_until(start + out.arrival)
     sent[i] = clock.now()
-    wall0 = loop.time()
-    try:
-        async with client.chat.completions.with_streaming_response.create(
-            model=MODEL, messages=[{"role": "user", "content": _prompt(out.prompt_tokens)}],
-            max_tokens=int(out.output_tokens), stream=True, stream_options={"include_usage": True}, user=tag,
-            extra_body={"ignore_eos": True, "min_tokens": int(out.output_tokens)},
-        ) as response:
-            async for line in response.iter_lines():
-                if out.ttft is None and _CONTENT.search(line):
-                    out.ttft = loop.time() - wall0
-                elif _USAGE.search(line):
-                    out.received_tokens = json.loads(line[len("data: "):])["usage"]["completion_tokens"]
-        out.ttlt = loop.time() - wall0
-        if out.received_tokens != out.output_tokens:
-            out.error = f"asked for {out.output_tokens} tokens, got {out.received_tokens}"
-    except Exception as exc:  # a failed request is a result, not a crash of the demo
-        out.error = f"{exc.__class__.__name__}: {exc}"[:200]
-
-
-def _prompt(tokens: int) -> str:
-    from sagesched.bench.live import prompt_text
-
-    return prompt_text(tokens)
+    await stream_request(client, MODEL, out, asyncio.get_running_loop().time, user=tag)
 
 
 async def _replay(url: str, label: str, work: tuple, clock: StallFreeClock, admitted: dict) -> tuple:

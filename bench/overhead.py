@@ -160,13 +160,16 @@ def _request(host: str, tokens: int) -> bytes:
 
 
 def loadgen_main(argv: list[str] | None = None) -> int:
-    """The load generator process: prints one JSON line with its `LoadResult`."""
+    """The load generator process: writes its `LoadResult` as JSON to `--out`. Not to stdout: after
+    a uvloop run a write to a pipe stops at the pipe's 64 KiB buffer, and thousands of latencies
+    are more than that."""
     p = argparse.ArgumentParser(prog="python -m sagesched.bench.overhead")
     p.add_argument("--url", action="append", required=True, help="http://host:port (repeatable: round robin)")
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="file to write the JSON report to")
     args = p.parse_args(argv)
     _raise_fd_limit()
     targets = [(u.split("//")[1].split(":")[0], int(u.rsplit(":", 1)[1])) for u in args.url]
@@ -174,7 +177,7 @@ def loadgen_main(argv: list[str] | None = None) -> int:
     sends -= sends[0]
     _install_uvloop()
     result = asyncio.run(_load(targets, sends, _request(targets[0][0], args.tokens)))
-    print(json.dumps(result.__dict__))
+    args.out.write_text(json.dumps(result.__dict__))
     return 0
 
 
@@ -255,15 +258,16 @@ def _stack(args: argparse.Namespace, interval: float, workdir: Path) -> Iterator
 
 
 def _drive(urls: list[str], rate: float, count: int, tokens: int, seed: int) -> LoadResult:
-    cmd = [sys.executable, "-m", "sagesched.bench.overhead", "--rate", str(rate), "--count", str(count),
-           "--tokens", str(tokens), "--seed", str(seed)]
-    for u in urls:
-        cmd += ["--url", u]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
-    out = done.stdout
-    return LoadResult(**json.loads(out.strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "load.json"
+        cmd = [sys.executable, "-m", "sagesched.bench.overhead", "--rate", str(rate), "--count", str(count),
+               "--tokens", str(tokens), "--seed", str(seed), "--out", str(report)]
+        for u in urls:
+            cmd += ["--url", u]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
+        return LoadResult(**json.loads(report.read_text()))
 
 
 def _histogram(text: str, name: str) -> tuple[np.ndarray, np.ndarray]:

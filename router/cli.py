@@ -13,6 +13,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file whose keys are RouterSettings fields (flags override it)")
     p.add_argument("--backend", action="append", default=None, metavar="URL",
                    help="a static engine pod's base URL (repeatable)")
+    p.add_argument("--profile", default=None,
+                   help="step-time profile for pods (default h100-llama3-8b); KV capacity comes from each "
+                        "pod's own metrics when it reports it")
+    p.add_argument("--memory-gate", type=float, default=None, metavar="QUANTILE",
+                   help="admit to a pod only if this quantile of its requests' KV need fits its free KV "
+                        "(0.5: expected need; default off)")
     p.add_argument("--backend-scheduling", choices=("fcfs", "priority"), default=None,
                    help="static pods run vLLM with --scheduling-policy priority: send our priority")
     p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
@@ -25,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(pairs with Envoy's failure_mode_allow, which covers an unreachable picker)")
     p.add_argument("--redis-url", default=None, help="read pod snapshots and keep history in this Redis")
     p.add_argument("--policy", default=None, help=f"scheduling policy ({POLICY_CHOICES_HINT}); default sagesched")
+    p.add_argument("--client-priority-limit", type=int, default=None, metavar="N",
+                   help="honour clients' `priority` within ±N, ahead of the policy's order (default 0: ignored)")
     p.add_argument("--max-queue", type=int, default=None, help="queued requests per model before 429 (default 1024)")
     p.add_argument("--queue-timeout", type=float, default=None, help="seconds queued before 504 (default 120)")
     p.add_argument("--scrape-interval", type=float, default=None, help="static pods' /metrics period, s (0.5)")
@@ -37,11 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="token for the gRPC GetState admin call (env SAGESCHED_ADMIN_TOKEN; unset = call disabled)")
     p.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS and TLS gRPC (with --tls-key)")
     p.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
+    p.add_argument("--upstream-api-key", default=None,
+                   help="Bearer token for pods started with --api-key (env SAGESCHED_UPSTREAM_API_KEY)")
     p.add_argument("--connect-timeout", type=float, default=None, help="pod connect timeout, s (default 5)")
     p.add_argument("--first-byte-timeout", type=float, default=None,
                    help="streams: seconds until the pod's response headers (default 60)")
     p.add_argument("--idle-timeout", type=float, default=None,
                    help="streams: longest silence between the pod's events, s (default 60)")
+    p.add_argument("--shutdown-grace", type=float, default=None,
+                   help="on SIGTERM: seconds for in-flight requests to finish while readiness fails (default 25)")
     p.add_argument("--log-level", default="INFO",
                    help="Python logging level: DEBUG, INFO, WARNING, ERROR (default %(default)s)")
     p.set_defaults(func=run_router)
@@ -86,9 +98,12 @@ def settings_from_args(args: argparse.Namespace):
         "predictor_address": args.predictor, "ext_proc_port": args.ext_proc_port,
         "max_body_bytes": args.max_body_bytes, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "admin_token": args.admin_token or os.environ.get("SAGESCHED_ADMIN_TOKEN") or None,
+        "upstream_api_key": args.upstream_api_key or os.environ.get("SAGESCHED_UPSTREAM_API_KEY") or None,
         "connect_timeout_s": args.connect_timeout, "first_byte_timeout_s": args.first_byte_timeout,
         "idle_timeout_s": args.idle_timeout,
         "ext_proc_fail_open": args.ext_proc_fail_open,
+        "default_profile": args.profile, "memory_gate_quantile": args.memory_gate,
+        "client_priority_limit": args.client_priority_limit, "shutdown_grace_s": args.shutdown_grace,
         "predictor_deadline_s": None if args.predictor_deadline_ms is None else args.predictor_deadline_ms / 1000,
     }
     if args.grpc_port is not None:
@@ -98,7 +113,8 @@ def settings_from_args(args: argparse.Namespace):
     if args.grpc_port is not None and args.grpc_port < 0:
         settings.grpc_port = None
     for url in args.backend or []:
-        settings.backends.append(Backend(url=url, scheduling=args.backend_scheduling or "fcfs"))
+        settings.backends.append(Backend(url=url, scheduling=args.backend_scheduling or "fcfs",
+                                         profile=settings.default_profile))
     return settings
 
 

@@ -68,9 +68,16 @@ class Dispatcher:
             raise queue_full(req.model, self.retry_after(req.model))
         req.sched = SchedRequest(
             request_id=req.id, model=req.model, prompt_tokens=req.prompt_tokens, arrival=req.arrival,
-            distribution=req.distribution, max_tokens=req.max_tokens, priority=req.priority,
+            distribution=req.distribution, max_tokens=req.max_tokens, priority=self.client_priority(req.priority),
+            watched=req.stream,
         )
         self._submit(req)
+
+    def client_priority(self, asked: int) -> int:
+        """The client's priority as the queue's first sort key: clamped to ±`client_priority_limit`,
+        so no client can jump every queue unboundedly; with the default limit 0, ignored."""
+        limit = self.settings.client_priority_limit
+        return max(-limit, min(limit, asked))
 
     def _submit(self, req: LiveRequest) -> None:
         """Hand `req` to the scheduler (keeping its arrival, so its place and aging) and wait for a pass."""
@@ -165,7 +172,7 @@ class Dispatcher:
             pod = self.pods.pods[view.name]
             req.pod = pod
             req.dispatched_at = loop_now
-            pod.dispatched(req.id)
+            pod.dispatched(req.id, watched=req.stream)
             self.running[req.id] = req
             self._set_depth(req.model, -1)
             self.metrics.queue_wait.labels(req.model, self.policy).observe(req.queue_wait)

@@ -16,18 +16,28 @@ import grpc
 from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 from .errors import RouterError, bad_request, pod_failed, upstream_error
-from .parse import parse_request
+from .parse import REQUEST_ID_HEADER, parse_request
 from .pipeline import Router
 from .request import Api, LiveRequest
 
 _STATUS_TO_GRPC = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,  # as gRPC itself answers a message over its size limit
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
     502: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    """The gRPC code for an HTTP status; a 4xx without its own code is still the caller's fault."""
+    default = grpc.StatusCode.INVALID_ARGUMENT if 400 <= status < 500 else grpc.StatusCode.INTERNAL
+    return _STATUS_TO_GRPC.get(status, default)
 
 
 def to_openai(msg: router_pb2.GenerateRequest) -> tuple[Api, dict]:
@@ -112,7 +122,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         model = msg.model
         try:
             api, body = to_openai(msg)
-            req = parse_request(api, body, router.now(), msg.request_id or None)
+            headers = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            if msg.request_id:
+                headers[REQUEST_ID_HEADER] = msg.request_id
+            req = parse_request(api, body, router.now(), headers)
             async with router.open(req) as resp:
                 if resp.status != 200:
                     req.finish_reason = "error"
@@ -130,7 +143,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         except RouterError as err:
             router.metrics.errors.labels(err.kind).inc()
             router.metrics.requests.labels(model, str(err.status)).inc()
-            await context.abort(_STATUS_TO_GRPC.get(err.status, grpc.StatusCode.INTERNAL), err.message)
+            await context.abort(grpc_code(err.status), err.message)
         router.metrics.requests.labels(model, "200").inc()
 
     async def Generate(self, request, context):
@@ -139,15 +152,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         async for req, text in self._chunks(request, context):
             parts.append(text)
         return router_pb2.GenerateResponse(
-            request_id=req.id, model=req.model, text="".join(parts), finish_reason=req.finish_reason,
+            request_id=req.public_id, model=req.model, text="".join(parts), finish_reason=req.finish_reason,
             usage=_usage(req), pod=req.pod.name if req.pod else "")
 
     async def GenerateStream(self, request, context):
         async for req, text in self._chunks(request, context):
             if text:
-                yield router_pb2.GenerateChunk(request_id=req.id, text=text)
+                yield router_pb2.GenerateChunk(request_id=req.public_id, text=text)
             else:  # the closing chunk
-                yield router_pb2.GenerateChunk(request_id=req.id, finish_reason=req.finish_reason,
+                yield router_pb2.GenerateChunk(request_id=req.public_id, finish_reason=req.finish_reason,
                                                usage=_usage(req), pod=req.pod.name if req.pod else "")
 
     async def GetState(self, request, context):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import ClientResponse, web
 
 from .errors import RouterError, internal_error, pod_failed
 from .parse import parse_body, parse_request
@@ -31,7 +31,7 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     try:
         body = parse_body(await request.read())
         model = body.get("model") if isinstance(body.get("model"), str) else ""
-        req = parse_request(api, body, router.now(), request.headers.get("X-Request-Id"))
+        req = parse_request(api, body, router.now(), request.headers)
         response = await _serve(request, router, req)
     except RouterError as err:
         return error_response(router, err, model)
@@ -60,12 +60,12 @@ async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.
                     raise pod_failed(resp.status, raw)
                 req.status = resp.status  # the pod refused the request: its error goes back as is
                 router.metrics.errors.labels("upstream").inc()
-                return web.Response(body=raw, status=resp.status, content_type="application/json")
+                return web.Response(body=raw, status=resp.status, headers=_pod_headers(req, resp))
             if not req.stream:
                 raw = await router.upstream.unary(req, resp)
                 req.finished_at = router.now()
-                return web.Response(body=raw, content_type="application/json")
-            out = web.StreamResponse(headers=SSE_HEADERS)
+                return web.Response(body=raw, headers=_pod_headers(req, resp))
+            out = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": req.public_id})
             await out.prepare(request)
             async for data in router.upstream.relay(req, resp, router.now, lambda: router.on_token(req)):
                 await out.write(data)
@@ -85,6 +85,13 @@ async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.
     if out is not None:
         await _end_stream(out, b"")
     return out
+
+
+def _pod_headers(req: LiveRequest, resp: ClientResponse) -> dict[str, str]:
+    """A pod's whole answer goes back with its own content type (its errors are not always JSON)
+    and the id the client knows the request by."""
+    return {"Content-Type": resp.headers.get("Content-Type", "application/octet-stream"),
+            "X-Request-Id": req.public_id}
 
 
 async def _end_stream(out: web.StreamResponse, last: bytes) -> None:

@@ -6,8 +6,10 @@ BPE vocabularies); the pod's usage report gives the true count afterwards.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import bad_request
@@ -18,6 +20,11 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
 # Counts and priorities beyond int32 mean nothing to any engine and overflow numpy and C longs.
 MAX_INT = 2**31 - 1
+REQUEST_ID_HEADER = "x-request-id"
+# W3C trace context: passed to the pod unchanged so its spans join the client's trace.
+TRACE_HEADERS = ("traceparent", "tracestate")
+# A client's request id goes into the pod's request headers and our logs: visible ASCII, bounded.
+_CLIENT_ID = re.compile(r"[\x21-\x7e]{1,256}")
 
 
 def estimate_tokens(chars: int) -> int:
@@ -53,8 +60,22 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_request(api: Api, body: dict[str, Any], now: float, request_id: str | None = None) -> LiveRequest:
-    """Validate what the router itself needs; everything else passes through to the pod."""
+def _client_request_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not _CLIENT_ID.fullmatch(value):
+        raise bad_request("the request id must be 1-256 visible ASCII characters", param="request_id")
+    return value
+
+
+def parse_request(api: Api, body: dict[str, Any], now: float,
+                  headers: Mapping[str, str] | None = None) -> LiveRequest:
+    """Validate what the router itself needs; everything else passes through to the pod.
+
+    `headers` (lower-case names, or a case-insensitive mapping) may carry the client's
+    X-Request-Id and trace context; the request always gets its own unique id, because clients
+    reuse theirs and the scheduler's bookkeeping is keyed by it."""
+    headers = headers or {}
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("`model` is required", param="model")
@@ -81,19 +102,24 @@ def parse_request(api: Api, body: dict[str, Any], now: float, request_id: str | 
             raise bad_request("`prompt` must be a string or a list of token ids (batched prompts are not routed)",
                               param="prompt")
         max_tokens = _int_field(body, "max_tokens")
-    stream = body.get("stream", False)
+    # OpenAI's API treats null as "not given" for these; so do its clients.
+    stream = body.get("stream")
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise bad_request("`stream` must be a boolean", param="stream")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise bad_request("only n=1 is supported", param="n")
-    priority = body.get("priority", 0)
+    priority = body.get("priority")
+    if priority is None:
+        priority = 0
     if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > MAX_INT:
         raise bad_request(f"`priority` must be an integer within ±{MAX_INT}", param="priority")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad_request("`stream_options` must be an object", param="stream_options")
     return LiveRequest(
-        id=request_id or f"req-{uuid.uuid4().hex}",
+        id=f"req-{uuid.uuid4().hex}",
         api=api,
         model=model,
         body=body,
@@ -105,4 +131,6 @@ def parse_request(api: Api, body: dict[str, Any], now: float, request_id: str | 
         arrival=now,
         arrival_unix=time.time(),
         client_wants_usage=bool(options.get("include_usage")),
+        client_request_id=_client_request_id(headers.get(REQUEST_ID_HEADER)),
+        trace_headers={h: v for h in TRACE_HEADERS if (v := headers.get(h))},
     )

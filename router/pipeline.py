@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from sagesched.scheduling import HistoryEstimator, Scheduler, make_policy
+from sagesched.scheduling.admission import Admission
 from sagesched.scheduling.priority import LOWER_FIRST
 from sagesched.state.history import CompletionRecord, HistoryStore, InProcessHistoryStore
 
@@ -40,7 +41,10 @@ MAX_PENDING_RECORDS = 1024
 
 def make_scheduler(settings: RouterSettings) -> Scheduler:
     """The scheduling core's one Scheduler, with the configured policy and its parameters."""
-    return Scheduler(make_policy(settings.policy, **settings.policy_params), aging_rate=settings.aging_rate)
+    q = settings.memory_gate_quantile
+    admission = Admission() if q is None else Admission(memory_aware=True, quantile=q)
+    return Scheduler(make_policy(settings.policy, **settings.policy_params), admission=admission,
+                     aging_rate=settings.aging_rate)
 
 
 class Router:
@@ -69,6 +73,7 @@ class Router:
         self.history: HistoryStore = history or InProcessHistoryStore(settings.history_maxlen)
         self._background: set[asyncio.Task] = set()
         self.started = False
+        self.draining = False  # shutting down: not ready, finishing what it has
 
     @property
     def policy(self) -> str:
@@ -93,7 +98,7 @@ class Router:
         return asyncio.get_running_loop().time()
 
     def is_ready(self) -> bool:
-        return self.started and any(p.reachable for p in self.pods.pods.values())
+        return self.started and not self.draining and any(p.reachable for p in self.pods.pods.values())
 
     # --- the path --------------------------------------------------------------------------------
     @asynccontextmanager

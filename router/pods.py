@@ -27,6 +27,9 @@ from .settings import Backend, RouterSettings
 
 log = logging.getLogger(__name__)
 
+# The longest an ejected pod waits for its readmission probe, however often it was ejected.
+MAX_EJECT_COOLDOWN_S = 60.0
+
 
 @dataclass(eq=False)
 class PodEntry:
@@ -48,22 +51,41 @@ class PodEntry:
     # snapshot was taken: the snapshot's waiting count minus the latter is other clients' waiting.
     unstarted: set[str] = field(default_factory=set)
     unstarted_at_snapshot: int = 0
+    # Ours whose tokens cannot be watched (non-streaming answers arrive whole) and not yet in a
+    # snapshot: they count as waiting until the next one, from which on the engine's own counts
+    # hold them wherever they are. Left waiting, they would shut the waiting gate of every pod
+    # after `engine_buffer` of them.
+    unwatched: set[str] = field(default_factory=set)
     # Consecutive failed requests (connect errors, 5xx); at `eject_after_failures` the pod is
     # ejected: it takes nothing new until a health probe (static pods) or a fresh ready snapshot
     # (store pods) readmits it.
     failures: int = 0
     ejected: bool = False
+    # Ejections since the pod last served a request well, and when (monotonic) it may be probed for
+    # readmission: each ejection doubles the wait, so a pod whose /health lies cannot flap.
+    ejections: int = 0
+    probe_after: float = 0.0
+    api_key: str | None = field(default=None, repr=False)
+    _sized: tuple[tuple[int, int], StepTimeProfile] | None = field(default=None, repr=False)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """Credentials for the pod's OpenAI server (vLLM/SGLang `--api-key`), if it has one."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def priority_mode(self) -> bool:
         return self.scheduling == "priority"
 
     # --- our own requests between scrapes (the dispatcher's bookkeeping) -------------------------
-    def dispatched(self, request_id: str) -> None:
-        """We sent it here: it adds to the total and waits at the engine until its first token."""
+    def dispatched(self, request_id: str, watched: bool = True) -> None:
+        """We sent it here: it adds to the total and waits at the engine until its first token
+        (`watched`: a stream) or the next snapshot (otherwise)."""
         self.inflight.add(request_id)
         self.unstarted.add(request_id)
         self.delta += 1
+        if not watched:
+            self.unwatched.add(request_id)
 
     def started(self, request_id: str) -> None:
         """Its first token arrived: no longer waiting (the total is unchanged)."""
@@ -73,12 +95,34 @@ class PodEntry:
         """It left the pod (done, failed or aborted): the total shrinks."""
         self.inflight.discard(request_id)
         self.unstarted.discard(request_id)
+        self.unwatched.discard(request_id)
         self.delta -= 1
 
     def took_snapshot(self) -> None:
-        """A fresh snapshot replaces our since-then adjustments."""
+        """A fresh snapshot replaces our since-then adjustments; unwatched requests are in the
+        engine's own counts now."""
+        self.unstarted -= self.unwatched
+        self.unwatched.clear()
         self.delta = 0
         self.unstarted_at_snapshot = len(self.unstarted)
+
+    def answering(self, within_s: float) -> bool:
+        """We read its metrics within the last `within_s` seconds. Only pods this router scrapes
+        itself can tell: an operator's snapshot also ages while Redis is down."""
+        return not self.static or (self.snapshot is not None and self.snapshot.age(time.time()) < within_s)
+
+    def engine_profile(self) -> StepTimeProfile:
+        """The step-time profile with the KV cache the engine reports (vLLM's cache_config_info,
+        SGLang's max_total_num_tokens) in place of the profile's: admission and cost must size a
+        4,096-token CPU server as what it is, not as the profile's GPU. A pod that reports no
+        capacity keeps its profile's (chosen per pod, or `--profile`)."""
+        snap = self.snapshot
+        if snap is None or not snap.block_size or not snap.num_gpu_blocks:
+            return self.profile
+        key = (snap.block_size, snap.num_gpu_blocks)
+        if self._sized is None or self._sized[0] != key:
+            self._sized = key, self.profile.with_overrides(block_size=key[0], num_gpu_blocks=key[1])
+        return self._sized[1]
 
     def view(self, now_unix: float, max_age: float) -> PodView:
         """The snapshot corrected by what we did since: the total by our dispatches and finishes,
@@ -93,7 +137,7 @@ class PodEntry:
         return PodView(
             name=self.name,
             models=self.models,
-            profile=self.profile,
+            profile=self.engine_profile(),
             kv_usage=snap.kv_cache_usage if snap else 0.0,
             num_running=running,
             num_waiting=waiting,
@@ -140,7 +184,8 @@ class PodSet:
 
     def _entry_for(self, b: Backend) -> PodEntry:
         return PodEntry(name=b.name, base_url=b.url, models=tuple(b.models), engine=b.engine,
-                        scheduling=b.scheduling, profile=self._profile(b.profile))
+                        scheduling=b.scheduling, profile=self._profile(b.profile),
+                        api_key=b.api_key or self.settings.upstream_api_key)
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -172,18 +217,18 @@ class PodSet:
     # --- static backends -----------------------------------------------------------------------
     async def _scrape_once(self, entry: PodEntry) -> None:
         assert self._session is not None
-        if entry.ejected:
-            async with self._session.get(f"{entry.base_url}/health") as resp:
+        if entry.ejected and time.monotonic() >= entry.probe_after:
+            async with self._session.get(f"{entry.base_url}/health", headers=entry.auth_headers) as resp:
                 resp.raise_for_status()
             self.readmit(entry)
         if not entry.model_cards:
-            async with self._session.get(f"{entry.base_url}/v1/models") as resp:
+            async with self._session.get(f"{entry.base_url}/v1/models", headers=entry.auth_headers) as resp:
                 resp.raise_for_status()
                 cards = (await resp.json()).get("data", [])
             entry.model_cards = cards
             if not entry.models:
                 entry.models = tuple(c["id"] for c in cards)
-        async with self._session.get(f"{entry.base_url}/metrics") as resp:
+        async with self._session.get(f"{entry.base_url}/metrics", headers=entry.auth_headers) as resp:
             resp.raise_for_status()
             text = await resp.text()
         snap = _parse_metrics(text, entry)
@@ -198,13 +243,23 @@ class PodSet:
                 await self._scrape_once(entry)
             except asyncio.CancelledError:
                 raise
+            except aiohttp.ConnectionTimeoutError as exc:  # no connection at all: gone
+                self._unreachable(entry, exc)
+            except TimeoutError:
+                # Slow, not gone: its snapshot ages until it counts as stale and takes nothing new,
+                # while requests wait in the queue for it (or another pod) instead of failing.
+                log.debug("pod %s: metrics scrape timed out", entry.name)
             except Exception as exc:  # a pod that fails to answer goes unhealthy, not the router
-                if entry.reachable:
-                    log.warning("pod %s unreachable: %s", entry.name, exc)
-                entry.reachable = False
+                self._unreachable(entry, exc)
             self._check_ready()
             self.on_change()
             await asyncio.sleep(self.settings.scrape_interval_s)
+
+    @staticmethod
+    def _unreachable(entry: PodEntry, exc: Exception) -> None:
+        if entry.reachable:
+            log.warning("pod %s unreachable: %s", entry.name, exc)
+        entry.reachable = False
 
     def _check_ready(self) -> None:
         if not self._ready.is_set() and all(p.reachable or not p.static for p in self.pods.values()):
@@ -239,12 +294,13 @@ class PodSet:
             if entry is None:
                 entry = self.pods[snap.name] = PodEntry(
                     name=snap.name, base_url=f"http://{snap.address}", models=tuple(snap.models),
-                    engine=snap.engine, profile=self._profile(self.settings.default_profile), static=False)
+                    engine=snap.engine, profile=self._profile(self.settings.default_profile), static=False,
+                    api_key=self.settings.upstream_api_key)
             elif entry.static:
                 continue  # a statically configured pod is scraped by us; ours is fresher
             if entry.snapshot is None or snap.scraped_at != entry.snapshot.scraped_at:
                 entry.took_snapshot()
-                if entry.ejected and snap.ready:
+                if entry.ejected and snap.ready and time.monotonic() >= entry.probe_after:
                     self.readmit(entry)
             entry.snapshot = snap
             entry.models = tuple(snap.models)
@@ -270,6 +326,7 @@ class PodSet:
     # --- request outcomes ----------------------------------------------------------------------
     def record_success(self, entry: PodEntry) -> None:
         entry.failures = 0
+        entry.ejections = 0
 
     def record_failure(self, entry: PodEntry, unreachable: bool) -> None:
         """A request failed at `entry`. `unreachable` (the connection itself failed) also marks it
@@ -279,8 +336,12 @@ class PodSet:
             entry.reachable = False
         if not entry.ejected and entry.failures >= self.settings.eject_after_failures:
             entry.ejected = True
+            entry.ejections += 1
+            wait = min(MAX_EJECT_COOLDOWN_S, self.settings.eject_cooldown_s * 2 ** (entry.ejections - 1))
+            entry.probe_after = time.monotonic() + wait
             self.metrics.pod_ejections.labels(entry.name).inc()
-            log.warning("pod %s ejected after %d consecutive failures", entry.name, entry.failures)
+            log.warning("pod %s ejected after %d consecutive failures; probed again in %.1fs",
+                        entry.name, entry.failures, wait)
 
     def readmit(self, entry: PodEntry) -> None:
         log.info("pod %s healthy again: readmitted", entry.name)

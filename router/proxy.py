@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -26,12 +26,15 @@ _FINISH = re.compile(rb'"finish_reason":\s*"([a-z_]+)"')
 _USAGE = re.compile(rb'"usage":\s*\{')
 _ROLE = re.compile(rb'"delta":\s*\{\s*"role"')  # a chat stream's opening chunk: no token yet
 _DONE = b"data: [DONE]"
+T = TypeVar("T")
 
 
 def upstream_body(req: LiveRequest, pod: PodEntry, engine_priority: int | None) -> dict[str, Any]:
     """The client's JSON with the router's additions: usage reporting when streaming, and our
-    priority for engines that run their queue by it (others reject the field, so it is removed)."""
-    body = dict(req.body)
+    priority for engines that run their queue by it (others reject the field, so it is removed).
+    Top-level nulls are dropped: OpenAI reads them as "not given", vLLM's schema refuses some
+    (`n: null` is a 400 there)."""
+    body = {k: v for k, v in req.body.items() if v is not None}
     if req.stream:
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True
@@ -41,6 +44,14 @@ def upstream_body(req: LiveRequest, pod: PodEntry, engine_priority: int | None) 
     else:
         body.pop("priority", None)
     return body
+
+
+def upstream_headers(req: LiveRequest, pod: PodEntry) -> dict[str, str]:
+    """What the pod hears besides the body: the request id (the client's if it sent one, so the
+    engine's logs and response ids match the client's), the client's trace context, and the pod's
+    API key (engines started with --api-key refuse anything else). The client's own Authorization
+    is for the router and never forwarded."""
+    return {"X-Request-Id": req.public_id, **req.trace_headers, **pod.auth_headers}
 
 
 class Upstream:
@@ -70,7 +81,8 @@ class Upstream:
         Raises `upstream_error` (502: the pod could not be reached or dropped the connection, the
         request may be retried elsewhere) or `upstream_timeout` (504: it accepted but did not answer).
         Streams get a first-byte bound and an idle bound (`sock_read`, per read) so a hung pod fails
-        the request; unary answers come only when the engine is done, so only the total applies."""
+        the request; unary answers come only when the engine is done, so they are bounded by the
+        pod's own signs of life (`_unless_hung`) and the total."""
         assert self._session is not None
         s = self.settings
         options: dict[str, Any] = {}
@@ -79,8 +91,11 @@ class Upstream:
                                                        sock_read=s.idle_timeout_s)
         try:
             async with asyncio.timeout(s.first_byte_timeout_s if req.stream else None):
-                resp = await self._session.post(f"{pod.base_url}{req.api.path}",
-                                                json=upstream_body(req, pod, engine_priority), **options)
+                post = self._session.post(f"{pod.base_url}{req.api.path}", headers=upstream_headers(req, pod),
+                                          json=upstream_body(req, pod, engine_priority), **options)
+                resp = await (post if req.stream else self._unless_hung(pod, post))
+        except aiohttp.ConnectionTimeoutError as exc:  # never connected: as gone as a refusal, so retried
+            raise upstream_connection_error(f"pod {pod.name} failed: {exc.__class__.__name__}: {exc}") from None
         except TimeoutError:
             raise upstream_timeout(f"pod {pod.name} sent no response within the timeout") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
@@ -96,10 +111,26 @@ class Upstream:
 
     async def unary(self, req: LiveRequest, resp: aiohttp.ClientResponse) -> bytes:
         """A non-streaming answer: its body, with usage and finish reason taken into `req`."""
-        raw = await resp.read()
+        assert req.pod is not None
+        raw = await self._unless_hung(req.pod, resp.read())
         if resp.status == 200:
             self.account_unary(req, raw)
         return raw
+
+    async def _unless_hung(self, pod: PodEntry, work: Awaitable[T]) -> T:
+        """`work`'s result, unless `pod` hangs meanwhile. Engines answer a non-streaming request
+        only when it is done, so the answer's silence proves nothing; a pod that has not answered
+        its metrics scrapes for `idle_timeout_s` either is hung, and the request fails (504) instead
+        of waiting out `upstream_timeout_s`."""
+        silence = self.settings.idle_timeout_s
+        task = asyncio.ensure_future(work)
+        try:
+            while not (await asyncio.wait({task}, timeout=silence))[0]:
+                if not pod.answering(silence):
+                    raise upstream_timeout(f"pod {pod.name} stopped answering (its metrics silent {silence:.0f}s)")
+        finally:
+            task.cancel()  # nothing when it is done; otherwise the request ends here
+        return task.result()
 
     @staticmethod
     def account_unary(req: LiveRequest, raw: bytes) -> None:
@@ -149,20 +180,26 @@ class Upstream:
 
     @staticmethod
     def account(req: LiveRequest, event: bytes, now: Callable[[], float], on_token: Callable[[], None]) -> bool:
-        """Update `req` from one event; False for events the client did not ask for."""
+        """Update `req` from one event; False for events the client did not ask for.
+
+        A content event is progress whether or not it carries usage (with `stream_options.
+        continuous_usage_stats` every event does); its usage, when present, is the exact token
+        count (an event may hold several tokens), otherwise each event counts as one."""
         if event.startswith(_DONE):
             return True
-        if _USAGE.search(event):
-            data = json.loads(event[event.index(b"{"):])
+        data = json.loads(event[event.index(b"{"):]) if _USAGE.search(event) else None
+        content = not _ROLE.search(event) and (data is None or bool(data.get("choices")))
+        if content and req.first_token_at is None:
+            req.first_token_at = now()
+        if data is not None:
             req.usage = data["usage"]
             req.output_tokens = int(req.usage.get("completion_tokens", req.output_tokens))
-            if not data.get("choices"):  # the usage-only last chunk
-                return req.client_wants_usage
-        elif not _ROLE.search(event):
-            if req.first_token_at is None:
-                req.first_token_at = now()
+        elif content:
             req.output_tokens += 1
+        if content:
             on_token()
+        elif data is not None and not data.get("choices"):  # the usage-only last chunk
+            return req.client_wants_usage
         m = _FINISH.search(event)
         if m:
             req.finish_reason = m.group(1).decode()

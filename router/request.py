@@ -30,7 +30,7 @@ class Api(str, Enum):
 @dataclass(eq=False)
 class LiveRequest:
     # --- parse ---------------------------------------------------------------------------------
-    id: str
+    id: str  # the router's own, unique: the scheduler's key
     api: Api
     model: str
     body: dict[str, Any]  # the client's JSON; unknown fields go to the pod unchanged
@@ -42,6 +42,11 @@ class LiveRequest:
     arrival: float
     arrival_unix: float
     client_wants_usage: bool = False  # stream_options.include_usage as the client sent it
+    # The client's X-Request-Id (gRPC: request_id), if any: clients reuse ids, so it is never a key;
+    # it is echoed back, logged and forwarded to the pod so both sides' logs correlate.
+    client_request_id: str | None = None
+    # Tracing headers (W3C traceparent, tracestate) passed on to the pod unchanged.
+    trace_headers: dict[str, str] = field(default_factory=dict)
     # --- predict -------------------------------------------------------------------------------
     distribution: "LengthDistribution | None" = None
     prediction_source: str = ""
@@ -58,6 +63,11 @@ class LiveRequest:
     usage: dict[str, int] | None = None
     finish_reason: str = ""
     status: int = 200
+
+    @property
+    def public_id(self) -> str:
+        """The id the client knows this request by: its own if it sent one."""
+        return self.client_request_id or self.id
 
     @property
     def queue_wait(self) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import ssl
 from typing import Any
 
@@ -19,6 +20,8 @@ from .pipeline import Router
 from .settings import RouterSettings
 
 log = logging.getLogger(__name__)
+
+DRAIN_POLL_S = 0.1  # how often a draining router looks whether its last requests have finished
 
 
 class RouterServer:
@@ -94,6 +97,21 @@ class RouterServer:
                                fallback=lambda q: estimator.predict(q.model, q.prompt_tokens),
                                settings=ClientSettings(deadline_s=self.settings.predictor_deadline_s))
 
+    async def drain(self, grace_s: float) -> None:
+        """Fail readiness (so load balancers send new requests elsewhere) and wait up to `grace_s`
+        for every request in the router — queued, streaming, or held for Envoy — to finish. New
+        requests that still arrive meanwhile are served."""
+        assert self.router is not None
+        self.router.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        dispatcher = self.router.dispatcher
+        while (dispatcher.running or dispatcher.waiting) and loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        left = len(dispatcher.running) + len(dispatcher.waiting)
+        if left:
+            log.warning("shutting down with %d requests unfinished after %.0fs", left, grace_s)
+
     async def stop(self) -> None:
         if self._ext_proc is not None:
             await self._ext_proc.stop()
@@ -123,7 +141,15 @@ async def serve_forever(settings: RouterSettings) -> None:
     log.info("router listening on %s (gRPC %s, ext_proc %s), policy %s, %d static pods", server.url,
              server.grpc_target if server.grpc_port else "off", server.ext_proc_port or "off", settings.policy,
              len(settings.backends))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # A handler, not the default action: as PID 1 in a container a signal without one is ignored,
+    # and without a drain every stream would be cut at once.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("shutdown signal: draining for up to %.0fs", settings.shutdown_grace_s)
+        await server.drain(settings.shutdown_grace_s)
     finally:
         await server.stop()

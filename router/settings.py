@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sagesched.podmetrics import ENGINES
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
 
 
@@ -31,8 +32,11 @@ class Backend:
     engine: str = "vllm"  # "vllm" | "sglang": which metric names and priority convention it uses
     scheduling: str = "fcfs"  # "priority" when the engine runs its queue by our `priority` field
     profile: str = "h100-llama3-8b"  # engine step-time profile the cost model uses for this pod
+    api_key: str | None = field(default=None, repr=False)  # the pod's --api-key; None = upstream_api_key
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:  # its metrics could not be read: refuse it now, not every scrape
+            raise ValueError(f"backend {self.url}: unknown engine {self.engine!r}; expected one of {ENGINES}")
         self.url = self.url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
@@ -59,19 +63,28 @@ class RouterSettings:
     store_policy: str | None = None  # read only the pods of this "<namespace>/<policy>"; None = all
     policy: str = "sagesched"
     policy_params: dict = field(default_factory=dict)
-    aging_rate: float = DEFAULT_AGING_RATE  # pod-seconds of rank forgiven per second waited
+    aging_rate: float = DEFAULT_AGING_RATE  # per second: a waiting rank shrinks by e^(-rate·wait)
+    # Clients' `priority` (gRPC priority, gateway x-sagesched-priority) orders the queue before the
+    # policy does, within ±this; 0 = ignored, since any client could otherwise jump every queue.
+    client_priority_limit: int = 0
     max_queue_per_model: int = 1024  # beyond this, 429 with Retry-After
     retry_after_s: float = 1.0
     queue_timeout_s: float = 120.0  # 504 when no pod takes the request within this
     scrape_interval_s: float = 0.5  # static backends: how often /metrics is read
     snapshot_max_age_s: float = 5.0  # older pod metrics make the pod ineligible
     default_profile: str = "h100-llama3-8b"  # step-time profile for pods the store announces
+    # Memory gate: admit only if this quantile of a pod's KV need fits its free KV (the capacity the
+    # pod reports); None = off, the engine's own block check decides and preemption corrects.
+    memory_gate_quantile: float | None = None
     predictor_address: str | None = None  # host:port of the predictor service; None = history only
     predictor_deadline_s: float = 0.005
     history_maxlen: int = 10_000
     upstream_timeout_s: float = 900.0
     max_upstream_connections: int = 4096
-    drain_timeout_s: float = 5.0
+    drain_timeout_s: float = 5.0  # at stop, for completion records still being written
+    # On SIGTERM: readiness fails at once and in-flight requests get this long to finish (inside
+    # Kubernetes' default 30 s termination grace period).
+    shutdown_grace_s: float = 25.0
     # Upstream faults. A pod that does not accept a connection within `connect_timeout_s`, or (for
     # streams) sends no response headers within `first_byte_timeout_s` or goes silent for
     # `idle_timeout_s` between events, fails the request instead of holding it forever. Non-streaming
@@ -81,17 +94,21 @@ class RouterSettings:
     idle_timeout_s: float = 60.0
     upstream_retries: int = 2  # re-dispatches of a request whose pod failed before sending anything
     eject_after_failures: int = 3  # consecutive connect errors / 5xx before a pod takes nothing new
+    eject_cooldown_s: float = 1.0  # an ejected pod's wait before a readmission probe; doubles per
+    # ejection until it serves a request well again (at most 60 s)
     store_outage_grace_s: float = 300.0  # while the pod store is unreachable, serve the last view this long
     # Hostile input and access.
     max_body_bytes: int = 8 * 1024 * 1024  # HTTP request bodies and gRPC messages beyond this: 413 / INVALID
     admin_token: str | None = None  # gRPC GetState needs `authorization: Bearer <token>`; None = GetState off
     tls_cert: str | None = None  # PEM files; both set = HTTPS and a TLS gRPC port
     tls_key: str | None = None
+    upstream_api_key: str | None = None  # sent as a Bearer token to pods started with --api-key
 
     def __repr__(self) -> str:
         """Settings get logged; the admin token and a Redis password must not be."""
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
         shown["admin_token"] = "***" if self.admin_token else None
+        shown["upstream_api_key"] = "***" if self.upstream_api_key else None
         shown["redis_url"] = redact_url(self.redis_url)
         return f"RouterSettings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 

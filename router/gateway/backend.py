@@ -25,7 +25,6 @@ from .usage import ResponseMeter
 log = logging.getLogger(__name__)
 
 API_BY_PATH = {api.path: api for api in Api}
-REQUEST_ID_HEADER = "x-request-id"  # Envoy sets one on every request: logs and history correlate
 
 
 def endpoint_of(pod: PodEntry) -> str:
@@ -57,7 +56,7 @@ class RouterBackend:
             return self._unscheduled(request, subset)
         router = self.router
         try:
-            req = parse_request(api, request.json, router.now(), request.headers.get(REQUEST_ID_HEADER))
+            req = parse_request(api, request.json, router.now(), request.headers)
             if PRIORITY_HEADER in request.headers:
                 req.priority = request.priority
             allowed = self._allowed(subset, req.model)

@@ -67,6 +67,6 @@ class GatewayPlacement(Policy):
         if not allowed:
             return None
         chosen = self.inner.choose(req, allowed, ctx)
-        others = sorted((p for p in allowed if p is not chosen), key=lambda p: ctx.work(p) + ctx.cost_on(p))
+        others = sorted((p for p in allowed if p is not chosen), key=ctx.free_kv, reverse=True)
         placement.fallbacks = [p.name for p in others[:self.max_fallbacks]]
         return chosen

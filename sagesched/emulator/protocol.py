@@ -89,7 +89,7 @@ def parse_request(body: object, chat: bool) -> ParsedRequest:
         raise APIError(400, "request body must be a JSON object")
     if not isinstance(body.get("model"), str):
         raise APIError(400, "model is required", param="model")
-    if _int_field(body, "n", 1, 1) != 1:
+    if _int_field(body, "n", 1, 1) not in (None, 1):  # null is "not given", as in vLLM
         raise APIError(400, "the emulator supports n=1 only", param="n")
     prompt = _chat_prompt_tokens(body.get("messages")) if chat else _prompt_tokens(body.get("prompt"))
     max_tokens = _int_field(body, "max_tokens", None, 1)

@@ -11,7 +11,9 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
+from aiohttp import web
 
+from sagesched.emulator import EmulatedPod
 from sagesched.router.server import RouterServer
 from sagesched.router.settings import Backend, RouterSettings
 from tests.conftest import eventually as shared_eventually, free_port, wait_for_port
@@ -95,6 +97,29 @@ def assert_openai_error(body: object) -> dict:
     assert set(err) == {"message", "type", "param", "code"}, err
     assert isinstance(err["message"], str) and err["message"]
     return err
+
+
+class FlakyPod(EmulatedPod):
+    """An emulated pod whose generation endpoints answer 500 and whose /health answers 503 while
+    `broken` (an engine whose GPU failed: metrics still scrape, work fails). With `health_fails`
+    off, /health keeps saying all is well: an engine that cannot serve but passes its probe."""
+
+    broken = False
+    health_fails = True
+
+    def _app(self) -> web.Application:
+        app = super()._app()
+
+        @web.middleware
+        async def faults(request: web.Request, handler):
+            if self.broken and request.method == "POST":
+                return web.json_response({"error": {"message": "engine dead"}}, status=500)
+            if self.broken and self.health_fails and request.path == "/health":
+                return web.Response(status=503)
+            return await handler(request)
+
+        app.middlewares.append(faults)
+        return app
 
 
 class HungPod:

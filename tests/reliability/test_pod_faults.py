@@ -6,11 +6,10 @@ import json
 
 import aiohttp
 import openai
-from aiohttp import web
 
-from sagesched.emulator import EmulatedPod, PodConfig
+from sagesched.emulator import PodConfig
 
-from .conftest import MODEL, assert_openai_error, eventually
+from .conftest import MODEL, FlakyPod, assert_openai_error, eventually
 
 
 def sse_payloads(raw: bytes) -> list[bytes]:
@@ -85,27 +84,6 @@ async def test_no_live_pod_left_is_a_502_in_openai_shape(pod_processes, make_rou
             assert resp.status == 502
             assert assert_openai_error(await resp.json())["code"] == "upstream_error"
     assert router_is_idle(router)
-
-
-class FlakyPod(EmulatedPod):
-    """An emulated pod whose generation endpoints answer 500 and whose /health answers 503 while
-    `broken` (an engine whose GPU failed: metrics still scrape, work fails)."""
-
-    broken = False
-
-    def _app(self) -> web.Application:
-        app = super()._app()
-
-        @web.middleware
-        async def faults(request: web.Request, handler):
-            if self.broken and request.method == "POST":
-                return web.json_response({"error": {"message": "engine dead"}}, status=500)
-            if self.broken and request.path == "/health":
-                return web.Response(status=503)
-            return await handler(request)
-
-        app.middlewares.append(faults)
-        return app
 
 
 async def test_pod_is_ejected_after_consecutive_5xx_and_readmitted_when_healthy(make_router):

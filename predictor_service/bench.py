@@ -90,3 +90,47 @@ async def _grpc_throughput(settings: PredictorSettings, queries: list[PredictQue
     finally:
         running.stop()
     return len(queries) / elapsed
+
+
+def search_backend_timing(window: int = 10_000, dims: tuple[int, ...] = (256, 384), rounds: int = 50,
+                          threshold: float = 0.8) -> list[dict]:
+    """CPU ms per batch to find every window entry with cosine ≥ threshold and histogram their
+    lengths: our numpy matrix product (semantic.Window) vs FAISS IndexFlatIP.range_search, both
+    exact, one BLAS/OpenMP thread (as served), batches of 1 and 32, interleaved. Needs faiss-cpu."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    from sagesched.predictor.semantic import Window
+
+    rng = np.random.default_rng(0)
+    rows = []
+    faiss.omp_set_num_threads(1)
+    with threadpool_limits(1):
+        for dim in dims:
+            keys = rng.normal(size=(window, dim)).astype(np.float32)
+            keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+            bins = rng.integers(0, 64, window)
+            ours = Window(dim, window, 64)
+            ours.add(keys, bins)
+            index = faiss.IndexFlatIP(dim)
+            index.add(keys)
+
+            def faiss_hist(q: np.ndarray) -> np.ndarray:
+                lims, _, ids = index.range_search(q, threshold)
+                return np.stack([np.bincount(bins[ids[lims[i]:lims[i + 1]]], minlength=64) for i in range(len(q))])
+
+            for batch in (1, 32):
+                q = keys[:batch] + rng.normal(scale=0.02, size=(batch, dim)).astype(np.float32)
+                q /= np.linalg.norm(q, axis=1, keepdims=True)
+                backends = {"numpy": lambda: ours.matches(q, threshold), "faiss": lambda: faiss_hist(q)}
+                samples: dict[str, list[float]] = {k: [] for k in backends}
+                for _ in range(rounds):
+                    for name, run in backends.items():
+                        start = time.process_time()
+                        run()
+                        samples[name].append((time.process_time() - start) * 1e3)
+                for name, s in samples.items():
+                    p10, p50, p90 = np.percentile(s, [10, 50, 90]).tolist()
+                    rows.append({"backend": name, "dim": dim, "window": window, "batch": batch,
+                                 "p10_ms": p10, "p50_ms": p50, "p90_ms": p90})
+    return rows

@@ -1,10 +1,12 @@
-"""`sagesched predictor serve|train|eval|export` and `sagesched bench predictor`."""
+"""`sagesched predictor serve|train|eval|warm-start|export` and `sagesched bench predictor`."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-from sagesched.predictor.config import DEFAULT_CHECKPOINT
+from sagesched.predictor.config import DEFAULT_CHECKPOINT, MODES, PredictorSettings
+from sagesched.predictor.embedders import EMBEDDERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="how past completions are matched to a new prompt: by the network's prompt embedding, "
                             "or by prompt length alone for traces without text (default %(default)s)")
     serve.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default %(default)s)")
+    _add_mode_arguments(serve)
     serve.set_defaults(func=_serve)
 
     train = sub.add_parser("train", help="train the network on the ShareGPT train split (needs [train])",
@@ -48,9 +51,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="checkpoint to evaluate (default: the shipped %(default)s)")
     ev.add_argument("--seed", type=int, default=0,
                     help="seed of the train/val/test split; use the one it was trained with (default %(default)s)")
-    ev.add_argument("--output", type=Path, default=None, help="write the markdown table here")
+    ev.add_argument("--output", type=Path, default=None,
+                    help="write the markdown table here, and the figures as JSON beside it (same name, .json)")
+    ev.add_argument("--embedders", default="hashed,minilm",
+                    help="semantic-history embedders to compare, comma-separated (default %(default)s; "
+                         "minilm embeds ~20k prompts once, minutes on a small CPU, then cached)")
+    ev.add_argument("--test-limit", type=int, default=None,
+                    help="score only the first N test requests (default: the whole split)")
     ev.add_argument("--compare-content", action="store_true", help="also hashed words vs MiniLM")
     ev.set_defaults(func=_eval)
+
+    ws = sub.add_parser("warm-start", help="embed a ShareGPT slice for semantic history's cold start",
+                        description="Embed the last N training turns of ShareGPT and write the file "
+                                    "`predictor serve --warm-start` searches when live matches are few "
+                                    "(needs the [train] extra).")
+    ws.add_argument("--embedder", choices=EMBEDDERS, default="hashed", help="(default %(default)s)")
+    ws.add_argument("--examples", type=int, default=10_000, help="training turns to embed (default %(default)s)")
+    ws.add_argument("--output", type=Path, required=True, help=".npz file to write")
+    ws.set_defaults(func=_warm_start)
 
     ex = sub.add_parser("export", help="(prompt, true, predicted distribution) rows for the simulator",
                         description="Write (prompt length, true output length, predicted distribution) rows of "
@@ -62,6 +80,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--limit", type=int, default=None, help="export at most this many rows (default: all)")
     ex.add_argument("--output", type=Path, required=True, help=".npz or .csv")
     ex.set_defaults(func=_export)
+
+
+def _add_mode_arguments(serve: argparse.ArgumentParser) -> None:
+    d = PredictorSettings()
+    serve.add_argument("--mode", choices=MODES, default=d.mode,
+                       help="network: our torch model + kNN history + drift; semantic-history: the paper's "
+                            "lengths of similar past prompts; blend: both (default %(default)s)")
+    serve.add_argument("--embedder", choices=EMBEDDERS, default=d.embedder,
+                       help="prompt vectors for semantic history (default %(default)s)")
+    serve.add_argument("--embedder-device", default=d.embedder_device,
+                       help="torch device for the minilm embedder, e.g. cuda (default %(default)s)")
+    serve.add_argument("--window", type=int, default=d.semantic.window,
+                       help="completions kept per model for semantic search (default %(default)s)")
+    serve.add_argument("--similarity-threshold", type=float, default=d.semantic.threshold,
+                       help="cosine similarity that counts as a similar prompt (default %(default)s)")
+    serve.add_argument("--min-matches", type=int, default=d.semantic.min_matches,
+                       help="fewer live matches than this also search the warm start (default %(default)s)")
+    serve.add_argument("--warm-start", type=Path, default=None,
+                       help="file from `sagesched predictor warm-start`, embedded with the same --embedder")
+    serve.add_argument("--redis-url", default=None,
+                       help="share semantic-history windows with the other replicas through this Redis")
+
+
+def _settings(args: argparse.Namespace) -> "PredictorSettings":
+    semantic = replace(PredictorSettings().semantic, window=args.window, threshold=args.similarity_threshold,
+                       min_matches=args.min_matches)
+    return PredictorSettings(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir,
+                             history_key=args.history_key, mode=args.mode, embedder=args.embedder,
+                             embedder_device=args.embedder_device, semantic=semantic,
+                             warm_start=args.warm_start, redis_url=args.redis_url)
 
 
 def register_bench(bench: argparse._SubParsersAction) -> None:
@@ -84,14 +132,15 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
     from prometheus_client import start_http_server
 
-    from sagesched.predictor.config import PredictorSettings
     from sagesched.predictor.metrics import PredictorMetrics
     from sagesched.predictor.server import start_server
 
+    from threadpoolctl import threadpool_limits
+
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)  # latency: many small batches, not one big matmul
-    settings = PredictorSettings(checkpoint=args.checkpoint, checkpoint_dir=args.checkpoint_dir,
-                                 history_key=args.history_key)
+    threadpool_limits(1)  # likewise numpy's BLAS (semantic search): threads spinning on a busy CPU stall it
+    settings = _settings(args)
     metrics = PredictorMetrics()
     start_http_server(args.metrics_port, registry=metrics.registry)
     running = start_server(settings, args.listen, args.workers, metrics)
@@ -112,18 +161,26 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
     import torch
 
+    from sagesched.predictor.bench import search_backend_timing
     from sagesched.predictor.checkpoint import load_checkpoint
+    from sagesched.predictor.comparison import TABLE_HEADER, compare_modes, format_row
     from sagesched.predictor.data import load_splits
-    from sagesched.predictor.evaluation import TABLE_HEADER, evaluate, format_row
 
     torch.set_num_threads(2)
     net, features, _, _ = load_checkpoint(args.checkpoint)
     splits = load_splits(args.seed)
-    print(TABLE_HEADER)
-    rows = evaluate(net, features, splits)
-    lines = [TABLE_HEADER, *(format_row(r) for r in rows)]
+    rows = compare_modes(net, features, splits, args.embedders.split(","), args.test_limit)
+    search = search_backend_timing()
+    lines = [TABLE_HEADER, *(format_row(r) for r in rows), "",
+             "| exact search, 10k window | dim | batch | CPU ms/batch p50 [p10–p90] |", "|---|---|---|---|",
+             *(f"| {s['backend']} | {s['dim']} | {s['batch']} | {s['p50_ms']:.3f} [{s['p10_ms']:.3f}–{s['p90_ms']:.3f}] |"
+               for s in search)]
+    print("\n".join(lines))
     if args.compare_content:
         from sagesched.predictor.content_compare import compare
 
@@ -135,6 +192,21 @@ def _eval(args: argparse.Namespace) -> int:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text("\n".join(lines) + "\n")
+        figures = {"command": "sagesched " + " ".join(sys.argv[1:]), "modes": [r.to_dict() for r in rows],
+                   "search_backends": search}
+        args.output.with_suffix(".json").write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+def _warm_start(args: argparse.Namespace) -> int:
+    from sagesched.predictor.data import load_splits
+    from sagesched.predictor.embedders import make_embedder
+    from sagesched.predictor.semantic import build_warm_start
+
+    examples = load_splits()["train"][-args.examples:]
+    warm = build_warm_start(make_embedder(args.embedder, cache=0), [e.prompt for e in examples],
+                            [e.output_tokens for e in examples], [e.prompt_tokens for e in examples])
+    print(f"wrote {len(examples)} {warm.embedder} vectors to {warm.save(args.output)}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The predictor: network distribution, shifted for drift, blended with the history's.
+"""The predictor: network distribution, shifted for drift, blended with the history's — or, by
+setting (config.MODES), the paper's semantic history alone or mixed into it.
 
 Flow for a batch of queries (parse → featurize → network → drift shift → history → blend → cap):
 one network pass gives per-bin log-probabilities and the embeddings used as history keys; a
@@ -27,6 +28,7 @@ from sagesched.predictor.config import PredictorSettings
 from sagesched.predictor.features import FeatureConfig, Features, featurize, prompt_token_estimate
 from sagesched.predictor.history import HistoryBuffer, blend_weight, prompt_length_keys
 from sagesched.predictor.model import LengthNet, collate
+from sagesched.predictor.semantic import SemanticHistory
 from sagesched.predictor.types import CompletionRecord, Prediction, PredictQuery
 
 
@@ -100,10 +102,13 @@ def cap_at_max_tokens(probs: np.ndarray, max_tokens: np.ndarray, grid_: LengthGr
 class Predictor:
     def __init__(self, net: LengthNet | None, settings: PredictorSettings | None = None,
                  features: FeatureConfig | None = None, grid_: LengthGrid | None = None,
-                 observer: PredictorObserver | None = None) -> None:
+                 observer: PredictorObserver | None = None, semantic: SemanticHistory | None = None) -> None:
         from sagesched.distribution import grid as shared_grid
 
         self.settings = settings or PredictorSettings()
+        if self.settings.mode != "network" and semantic is None:
+            raise ValueError(f"mode {self.settings.mode!r} needs a SemanticHistory")
+        self.semantic = semantic
         self.feature_config = features or FeatureConfig()
         self.grid = grid_ or shared_grid()
         self.observer: PredictorObserver = observer or _NullObserver()
@@ -132,9 +137,23 @@ class Predictor:
             return prompt_length_keys(np.array([prompt_token_estimate(q) for q in queries]))
         return emb
 
-    def predict_probs(self, queries: Sequence[PredictQuery]) -> tuple[np.ndarray, np.ndarray, list[Features]]:
-        """Bin probabilities per query and the history weight used; also returns the features so
-        a caller that will report these same queries need not recompute them."""
+    def predict_probs(self, queries: Sequence[PredictQuery]) -> tuple[np.ndarray, np.ndarray]:
+        """Bin probabilities per query, and the share of each that came from history."""
+        mode = self.settings.mode
+        if mode == "semantic-history":
+            probs, _ = self.semantic.predict(queries)
+            weight = np.ones(len(queries))
+        else:
+            probs, weight = self._network_with_history(queries)
+        if mode == "blend":
+            semantic, found = self.semantic.predict(queries)
+            w = found / (found + self.settings.semantic_blend_strength)
+            probs = (1 - w[:, None]) * probs + w[:, None] * semantic
+            weight = 1 - (1 - weight) * (1 - w)
+        probs = cap_at_max_tokens(probs, np.array([q.max_tokens for q in queries]), self.grid)
+        return probs, weight
+
+    def _network_with_history(self, queries: Sequence[PredictQuery]) -> tuple[np.ndarray, np.ndarray]:
         feats = [featurize(q, self.feature_config) for q in queries]
         net_probs, emb = self._network(feats)
         keys = self._keys(queries, emb)
@@ -153,14 +172,13 @@ class Predictor:
                 w = blend_weight(relevance, self.settings.blend_strength)
                 probs[rows] = (1 - w[:, None]) * probs[rows] + w[:, None] * hist
                 weight[rows] = w
-        probs = cap_at_max_tokens(probs, np.array([q.max_tokens for q in queries]), self.grid)
-        return probs, weight, feats
+        return probs, weight
 
     def predict_batch(self, queries: Sequence[PredictQuery]) -> list[Prediction]:
         import time
 
         start = time.perf_counter()
-        probs, weight, _ = self.predict_probs(queries)
+        probs, weight = self.predict_probs(queries)
         if self.settings.prediction_memory > 0:
             self._remember(queries, probs)
         out = []
@@ -193,29 +211,43 @@ class Predictor:
         return s / (w + self.settings.drift_prior)
 
     def report(self, records: Sequence[CompletionRecord]) -> int:
-        """Learn from finished requests at once: history, drift offset, replay buffer."""
+        """Learn from finished requests at once: history (semantic and/or the network's), drift
+        offset, replay buffer; score the remembered predictions for calibration."""
         records = [r for r in records if r.learnable]
         if not records:
             return 0
         queries = [r.query for r in records]
+        lengths = np.array([r.output_tokens for r in records], dtype=np.int64)
+        if self.semantic is not None:
+            self.semantic.report(queries, lengths)
+        if self.settings.mode != "semantic-history":
+            self._learn_network(queries, lengths)
+        coverage: list[tuple[bool, bool]] = []
+        with self.lock:
+            for q, n in zip(queries, lengths):
+                b = self._recent.pop(q.request_id, None) if q.request_id else None
+                if b is not None:
+                    coverage.append((bool(b[1] <= n <= b[2]), bool(b[0] <= n <= b[3])))
+            self.learnable_reports += len(records)
+            history_size = sum(h.size for h in self.histories.values())
+            self._report_event.notify_all()
+        if self.semantic is not None:
+            history_size += sum(self.semantic.sizes().values())
+        self.observer.on_report(len(records), coverage, history_size)
+        return len(records)
+
+    def _learn_network(self, queries: list[PredictQuery], lengths: np.ndarray) -> None:
         feats = [featurize(q, self.feature_config) for q in queries]
         net_probs, emb = self._network(feats)
         keys = self._keys(queries, emb)
-        lengths = np.array([r.output_tokens for r in records], dtype=np.int64)
         bins = self.grid.bin_of(lengths)
         # Residual against the un-shifted network, in bins: what a drifted deployment adds.
         residual = bins - net_probs @ np.arange(self.grid.num_bins)
-        coverage: list[tuple[bool, bool]] = []
         with self.lock:
-            for i, r in enumerate(records):
-                model = r.query.model
-                s, w = self._drift.get(model, (0.0, 0.0))
-                d = self.settings.drift_decay
-                self._drift[model] = (d * s + float(residual[i]), d * w + 1.0)
-                b = self._recent.pop(r.query.request_id, None) if r.query.request_id else None
-                if b is not None:
-                    n = lengths[i]
-                    coverage.append((bool(b[1] <= n <= b[2]), bool(b[0] <= n <= b[3])))
+            d = self.settings.drift_decay
+            for q, r in zip(queries, residual):
+                s, w = self._drift.get(q.model, (0.0, 0.0))
+                self._drift[q.model] = (d * s + float(r), d * w + 1.0)
             for model in {q.model for q in queries}:
                 rows = [i for i, q in enumerate(queries) if q.model == model]
                 buf = self.histories.get(model)
@@ -225,11 +257,6 @@ class Predictor:
                         np.array([prompt_token_estimate(queries[i]) for i in rows]), [feats[i] for i in rows])
             for f, b in zip(feats, bins):
                 self.replay.append((f, int(b)))
-            self.learnable_reports += len(records)
-            history_size = sum(h.size for h in self.histories.values())
-            self._report_event.notify_all()
-        self.observer.on_report(len(records), coverage, history_size)
-        return len(records)
 
     def swap_net(self, net: LengthNet) -> None:
         """Install a retrained network and re-key the history under it. Keys are recomputed from

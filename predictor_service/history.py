@@ -83,15 +83,9 @@ class HistoryBuffer:
         w = np.take_along_axis(rel, top, axis=1)
         b = self.bins[top]
         rows = np.broadcast_to(np.arange(len(q))[:, None], b.shape)
-        centre = 1.0 - 2.0 * p.bin_spread
-        np.add.at(hist, (rows, b), w * centre)
-        np.add.at(hist, (rows, np.maximum(b - 1, 0)), w * p.bin_spread)
-        np.add.at(hist, (rows, np.minimum(b + 1, nb - 1)), w * p.bin_spread)
+        np.add.at(hist, (rows, b), w)
         total = w.sum(axis=1)
-        safe = np.where(total > 0, total, 1.0)
-        hist = np.where(total[:, None] > 0, hist / safe[:, None], 1.0 / nb)
-        hist = (1.0 - p.floor) * hist + p.floor / nb
-        return hist, total
+        return finish_histogram(spread_to_neighbours(hist, p.bin_spread), total, p.floor), total
 
     def entries_since(self, seq: int) -> np.ndarray:
         """Slots written after report number `seq` (to re-key after a network swap)."""
@@ -114,6 +108,27 @@ class HistoryBuffer:
         buf.count += shift
         buf.seq[: buf.size] += shift
         return buf
+
+
+def spread_to_neighbours(hist: np.ndarray, spread: float) -> np.ndarray:
+    """Give `spread` of each bin's mass to each adjacent bin (the end bins keep what would fall off):
+    a length near a bin edge says almost as much about the next bin, and a handful of neighbours
+    must not make the bins between them look impossible."""
+    out = (1.0 - 2.0 * spread) * hist
+    out[:, :-1] += spread * hist[:, 1:]
+    out[:, 1:] += spread * hist[:, :-1]
+    out[:, 0] += spread * hist[:, 0]
+    out[:, -1] += spread * hist[:, -1]
+    return out
+
+
+def finish_histogram(hist: np.ndarray, total: np.ndarray, floor: float) -> np.ndarray:
+    """Rows normalised by their total weight (uniform where there was none), then `floor` of the
+    mass spread evenly so no length has probability zero."""
+    nb = hist.shape[1]
+    safe = np.where(total > 0, total, 1.0)
+    hist = np.where(total[:, None] > 0, hist / safe[:, None], 1.0 / nb)
+    return (1.0 - floor) * hist + floor / nb
 
 
 def blend_weight(relevance: np.ndarray, strength: float) -> np.ndarray:

@@ -14,11 +14,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sagesched.distribution import grid
 from sagesched.predictor.checkpoint import FileCheckpointStore, load_checkpoint
 from sagesched.predictor.config import PredictorSettings
 from sagesched.predictor.core import Predictor, summarize
+from sagesched.predictor.embedders import make_embedder
 from sagesched.predictor.metrics import PredictorMetrics
 from sagesched.predictor.online import OnlineLearner
+from sagesched.predictor.semantic import SemanticHistory, WarmStart
+from sagesched.predictor.shared_window import RedisWindowFeed
 from sagesched.predictor.types import CompletionRecord, Prediction, PredictQuery
 from sagesched.v1 import common_pb2, predictor_pb2, predictor_pb2_grpc
 
@@ -68,15 +72,25 @@ class PredictorServicer(predictor_pb2_grpc.PredictorServicer):
         return predictor_pb2.ReportResponse(accepted=accepted)
 
 
+def build_semantic(settings: PredictorSettings) -> SemanticHistory | None:
+    """The semantic history the mode needs (None for "network"), warm-started if configured."""
+    if settings.mode == "network":
+        return None
+    embedder = make_embedder(settings.embedder, settings.embedder_device)
+    warm = WarmStart.load(settings.warm_start) if settings.warm_start else None
+    return SemanticHistory(embedder, grid(), settings.semantic, warm)
+
+
 def build_predictor(settings: PredictorSettings, metrics: PredictorMetrics | None = None) -> Predictor:
-    """Newest checkpoint in the store if any (with its history), else the configured one."""
+    """Newest checkpoint in the store if any (with its history), else the configured one; the
+    semantic-history mode needs no network and loads none."""
     store = FileCheckpointStore(settings.checkpoint_dir) if settings.checkpoint_dir else None
     path = (store.latest() if store else None) or settings.checkpoint
     net, features, history = None, None, None
-    if path is not None and Path(path).exists():
+    if settings.mode != "semantic-history" and path is not None and Path(path).exists():
         net, features, history, _ = load_checkpoint(Path(path))
         log.info("loaded predictor checkpoint %s", path)
-    predictor = Predictor(net, settings, features, observer=metrics)
+    predictor = Predictor(net, settings, features, observer=metrics, semantic=build_semantic(settings))
     if history:
         predictor.load_history_state(history)
     return predictor
@@ -90,11 +104,14 @@ class RunningServer:
     learner: OnlineLearner
     metrics: PredictorMetrics
     health: health.HealthServicer
+    feed: RedisWindowFeed | None = None
 
     def stop(self, grace: float = 0.5) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.learner.stop()
+        if self.feed is not None:
+            self.feed.stop()
 
 
 def start_server(settings: PredictorSettings, address: str = "127.0.0.1:0", workers: int = 4,
@@ -103,6 +120,9 @@ def start_server(settings: PredictorSettings, address: str = "127.0.0.1:0", work
     predictor = predictor or build_predictor(settings, metrics)
     store = FileCheckpointStore(settings.checkpoint_dir) if settings.checkpoint_dir else None
     learner = OnlineLearner(predictor, store, on_update=metrics.on_model_update)
+    feed = None
+    if settings.redis_url and predictor.semantic is not None:
+        feed = RedisWindowFeed(settings.redis_url, predictor.semantic).start()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     predictor_pb2_grpc.add_PredictorServicer_to_server(PredictorServicer(predictor), server)
     health_servicer = health.HealthServicer()
@@ -113,4 +133,4 @@ def start_server(settings: PredictorSettings, address: str = "127.0.0.1:0", work
     learner.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, predictor, learner, metrics, health_servicer)
+    return RunningServer(server, port, predictor, learner, metrics, health_servicer, feed)

@@ -55,6 +55,10 @@ VALUE_SETS: dict[str, dict] = {
         "networkPolicy": {"enabled": False},
         "router": {"podDisruptionBudget": {"enabled": False}, "serviceAccount": {"create": False}},
     },
+    "predictor-semantic-gpu": {
+        "predictor": {"mode": "semantic-history", "embedder": "minilm", "replicas": 2,
+                      "gpu": {"enabled": True, "count": 1}},
+    },
     "bundled-redis-persistence": {
         "redis": {"persistence": {"enabled": True, "size": "10Gi"}},
         "fullnameOverride": "sched",

@@ -178,6 +178,28 @@ def test_container_args_parse_with_the_real_cli(render):
         "/var/lib/sagesched/checkpoints"
 
 
+def test_semantic_gpu_predictor_gets_the_gpu_redis_and_cli_flags_it_parses(render):
+    """predictor.gpu requests the GPU and embeds on it; a semantic mode shares history through Redis,
+    which the network policy lets the predictor reach. The default stays CPU-only and Redis-free."""
+    from sagesched.cli import build_parser
+
+    rendered = render("predictor-semantic-gpu")
+    container = rendered.one("Deployment", "sagesched-predictor")["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "2Gi", "nvidia.com/gpu": "1"}
+    args = [a.replace("$(SAGESCHED_REDIS_URL)", "redis://r:6379/0") for a in container["args"]]
+    parsed = build_parser().parse_args(args)
+    assert (parsed.mode, parsed.embedder, parsed.embedder_device, parsed.redis_url) == \
+        ("semantic-history", "minilm", "cuda", "redis://r:6379/0")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SAGESCHED_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "sagesched-redis", "key": "url"}
+    allowed = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+               for p in rendered.one("NetworkPolicy", "sagesched-redis")["spec"]["ingress"][0]["from"]]
+    assert allowed == ["router", "operator", "predictor"]
+    default = render("defaults").one("Deployment", "sagesched-predictor")["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in default["resources"]["limits"]
+    assert build_parser().parse_args(default["args"]).mode == "network"
+
+
 def test_router_config_file_is_valid_router_settings(render, tmp_path):
     from sagesched.router.settings import RouterSettings
 

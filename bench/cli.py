@@ -13,6 +13,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "sagesched.simulator.cli",
     "sagesched.simulator.standard",
     "sagesched.bench.live",
+    "sagesched.bench.decisions",
     "sagesched.operator.bench",
     "sagesched.router.gateway.bench",
 )

@@ -130,6 +130,15 @@ class LengthDistribution:
         return cls(np.full(g.num_bins, 1.0 / g.num_bins), g)
 
     @classmethod
+    def flat(cls, grid_: LengthGrid | None = None) -> "LengthDistribution":
+        """Every length from 1 to the grid's maximum equally likely (mass per bin ∝ its width): the
+        paper's prediction noise. Unlike `uniform`, it puts almost no mass on tiny lengths, which
+        would otherwise make every request look likely to finish at once."""
+        g = grid_ or grid()
+        widths = np.diff(g.edges).astype(np.float64)
+        return cls(widths / widths.sum(), g)
+
+    @classmethod
     def mixture(
         cls, parts: list["LengthDistribution"], weights: list[float] | np.ndarray
     ) -> "LengthDistribution":

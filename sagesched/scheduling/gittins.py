@@ -24,9 +24,10 @@ def conditioned(dist: LengthDistribution, attained: int) -> LengthDistribution:
 
 
 def gittins_rank(
-    dist: LengthDistribution, poly: CostPolynomial, cap: int, attained: int = 0
+    dist: LengthDistribution, poly: CostPolynomial, cap: int, attained: int = 0, quantum: int | None = 1
 ) -> float:
-    """1 / Gittins index: the expected cost per completion of the best quantum (lower = serve first)."""
+    """1 / Gittins index: the expected cost per completion of the best quantum (lower = serve first).
+    `quantum`: the fewest tokens the request runs before it can be stopped (None: never stopped)."""
     cap = max(int(cap), attained + 1)
     p, m1, m2, threshold = capped_moments(conditioned(dist, attained), cap)
     spent_before = poly.spent(attained)
@@ -36,4 +37,10 @@ def gittins_rank(
     useful = (p > 0) & (cost > 0)
     if not useful.any():
         return 0.0
+    last = np.flatnonzero(useful)[-1]  # completion: always a threshold
+    if quantum is None:
+        useful[:last] = False
+    else:
+        useful &= threshold >= attained + quantum
+        useful[last] = True
     return float(np.min(cost[useful] / done[useful]))

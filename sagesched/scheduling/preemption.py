@@ -9,7 +9,9 @@ indices would trade places back and forth, and every swap costs a recompute. Eit
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import heapq
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sagesched.scheduling.types import SchedRequest
@@ -35,31 +37,60 @@ NO_PREEMPTION = Preemption(enabled=False)
 UNBOUNDED = Preemption(min_gain=0.0, max_per_request=1 << 30)  # the oracle's SRPT
 
 
-def pick_candidate(
-    running: Iterable[SchedRequest],
-    key: Callable[[SchedRequest], float],
-    eligible: Callable[[SchedRequest], bool],
-    settings: Preemption,
-) -> SchedRequest | None:
-    """The running request a preemption would displace, or None. `key` is the static aged key
-    (rank + aging·arrival: the same order as the aged rank at any instant)."""
-    worst, worst_key = None, None
-    for req in running:
-        if req.generated <= 0 or req.preemptions >= settings.max_per_request or not eligible(req):
-            continue
-        k = (req.priority, key(req))
-        if worst_key is None or k > worst_key:
-            worst, worst_key = req, k
-    return worst
+class Candidates:
+    """Running requests a preemption may displace, worst (client priority, order key) first: a lazy
+    max-heap, so picking a victim costs O(log n) however many requests run, not a scan of them all.
+
+    A request is offered (`offer`) whenever its key may have changed — a new refresh bucket, its first
+    token, a dispatch that resumes it — and withdrawn by `withdraw` when it leaves its pod. Entries
+    are never updated in place: a newer offer or a withdrawal makes the older entry stale, and
+    `worst` drops stale ones as it meets them. A request not eligible now (decided on in its current
+    bucket, capped, not allowed by the policy) is dropped too; its next bucket offers it again.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, float, int, SchedRequest]] = []
+        self._latest: dict[str, int] = {}
+        self._seq = itertools.count()
+
+    def offer(self, req: SchedRequest, key: float) -> None:
+        seq = next(self._seq)
+        self._latest[req.request_id] = seq
+        heapq.heappush(self._heap, (-req.priority, -key, seq, req))
+
+    def withdraw(self, request_id: str) -> None:
+        self._latest.pop(request_id, None)
+
+    def worst(self, where: Callable[[SchedRequest], bool], eligible: Callable[[SchedRequest], bool],
+              settings: Preemption) -> SchedRequest | None:
+        """The worst live, eligible request for which `where` holds (e.g. on a pod that can take the
+        head); entries failing only `where` are kept for later heads."""
+        heap, latest, kept, found = self._heap, self._latest, [], None
+        while heap:
+            entry = heap[0]
+            req = entry[3]
+            if latest.get(req.request_id) != entry[2]:
+                heapq.heappop(heap)  # stale: re-offered since, or gone
+            elif not where(req):
+                kept.append(heapq.heappop(heap))
+            elif req.generated <= 0 or req.preemptions >= settings.max_per_request or not eligible(req):
+                heapq.heappop(heap)
+                del latest[req.request_id]
+            else:
+                found = req
+                break
+        for entry in kept:
+            heapq.heappush(heap, entry)
+        return found
 
 
 def worth_preempting(
-    head: SchedRequest, head_key: float, victim: SchedRequest, victim_key: float, recompute: float,
+    head: SchedRequest, head_aged: float, victim: SchedRequest, victim_aged: float, recompute: float,
     settings: Preemption,
 ) -> bool:
-    """Client priority first; within it, the victim's aged rank must beat the head's by the margin
-    plus what resuming the victim will cost (`recompute`, pod-seconds: its prompt and output
+    """Client priority first; within it, the victim's aged rank must exceed the head's by the
+    margin plus what resuming the victim will cost (`recompute`, pod-seconds: its prompt and output
     computed again if its cache is gone) — the paper's decisions count that I/O too."""
     if victim.priority != head.priority:
         return victim.priority > head.priority
-    return victim_key > head_key + settings.min_gain * max(head.rank, 0.0) + recompute
+    return victim_aged > (1.0 + settings.min_gain) * head_aged + recompute

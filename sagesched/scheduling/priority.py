@@ -1,14 +1,17 @@
 """Our order, in the engine's priority field, so the engine's own queue agrees with ours.
 
-vLLM serves lower `priority` first, SGLang (by default) higher first. The aged rank is in
-pod-seconds; milliseconds resolution keeps distinct ranks distinct in an int.
+vLLM serves lower `priority` first, SGLang (by default) higher first. The value is the queue's
+time-invariant order key (ln rank + aging·arrival, see queue.py): requests dispatched at different
+times still compare as our queue would compare them, which matters when the engine picks whom to
+preempt as KV runs out. ×1000 keeps ranks 0.1% apart distinct in an int.
 """
 from __future__ import annotations
 
 LOWER_FIRST = {"vllm": True, "sglang": False, "sim": True}
 _MAX = 2**31 - 1
+RESOLUTION = 1000.0
 
 
-def engine_priority(aged_rank_s: float, engine: str = "vllm") -> int:
-    value = int(max(-_MAX, min(_MAX, round(aged_rank_s * 1000.0))))
+def engine_priority(order_key: float, engine: str = "vllm") -> int:
+    value = int(max(-_MAX, min(_MAX, round(order_key * RESOLUTION))))
     return value if LOWER_FIRST.get(engine, True) else -value

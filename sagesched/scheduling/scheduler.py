@@ -20,13 +20,13 @@ from sagesched.scheduling.cost import CostModel, CostPolynomial, memory_weight_f
 from sagesched.scheduling.outstanding import ladder_span, remaining
 from sagesched.scheduling.picker import eligible_for
 from sagesched.scheduling.policies import PickContext, Policy, make_policy
-from sagesched.scheduling.preemption import NO_PREEMPTION, UNBOUNDED, Preemption, pick_candidate, worth_preempting
+from sagesched.scheduling.preemption import NO_PREEMPTION, UNBOUNDED, Candidates, Preemption, worth_preempting
 from sagesched.scheduling.priority import engine_priority
 from sagesched.scheduling.queue import AgingQueue
 from sagesched.scheduling.types import PodView, SchedRequest
 
 _NO_LOAD = PodLoad()  # read-only stand-in for a pod we have sent nothing yet (lookups create nothing)
-DEFAULT_AGING_RATE = 0.012  # pod-seconds of rank forgiven per second waited: bench/results/sim/README.md (aging sweep)
+DEFAULT_AGING_RATE = 0.01  # per second: a waiting rank halves every 69 s (queue.py; bench/results/standard, aging)
 
 
 @dataclass
@@ -55,15 +55,20 @@ class Scheduler:
         self.aging_rate = aging_rate if self.policy.aged else 0.0
         self.engine = engine
         self.preemption = self._preemption_for(preemption)
+        self.policy.quantum = 1 if self.preemption.enabled else None
         self.cost_kind = self.policy.cost_model or cost_model
         self._cost = CostModel(reference_profile or load_profile())
         self._cost.polynomial(self.cost_kind, 1, 0.5)  # an unknown cost model fails here, not later
         self._memory_weight = 0.5
         self._queues: dict[str, AgingQueue] = {}
         self._inflight: dict[str, _InFlight] = {}
-        self._by_pod: dict[str, dict[str, SchedRequest]] = {}
+        # per pod, our in-flight requests (the list each PodView's `inflight` is set to: no copies)
+        # and how many of them are streams that have not sent a token yet
+        self._by_pod: dict[str, list[SchedRequest]] = {}
+        self._unstarted: dict[str, int] = {}
         self._load: dict[str, PodLoad] = {}
         self._preempted: list[tuple[SchedRequest, str]] = []
+        self._candidates = Candidates()
         self._tick = 0
         self.preemptions = 0
 
@@ -100,17 +105,17 @@ class Scheduler:
         A central-queue policy stops a model's queue at the first request no pod can take (strict
         order: backfilling past it would starve big requests); a preemptive one may instead displace
         a running request for it and send it to that pod (see `take_preemptions`)."""
-        by_pod = self._by_pod
+        by_pod, unstarted = self._by_pod, self._unstarted
         for pod in pods:
-            mine = by_pod.get(pod.name)
-            pod.inflight = list(mine.values()) if mine else []
+            pod.inflight = by_pod.setdefault(pod.name, [])
+            pod.unstarted = unstarted.get(pod.name, 0)
         self._update_scarcity(pods)
         released: list[tuple[SchedRequest, PodView]] = []
         for queue in self._queues.values():
             while (req := queue.peek()) is not None:
                 placed, victim = self._place(req, pods), None
                 if placed is None and self.preemption.enabled:
-                    placed, victim = self._preempt_for(req, queue, pods)
+                    placed, victim = self._preempt_for(req, queue, pods, now)
                 if placed is None:
                     break
                 queue.pop()
@@ -143,7 +148,7 @@ class Scheduler:
             ]
         if not candidates:
             return None
-        ctx = PickContext(work=self._work, cost_on=self._cost_on(req, new), tick=self._tick)
+        ctx = PickContext(work=self._work, cost_on=self._cost_on(req, new), free_kv=self._free_kv, tick=self._tick)
         self._tick += 1
         return self.policy.choose(req, candidates, ctx), poly, new
 
@@ -155,6 +160,12 @@ class Scheduler:
         recompute = self._cost.compute(req.prompt_tokens + req.generated).c0
         home = req.resume_pod
         return lambda p: new.work + (0.0 if p.name == home else recompute)
+
+    def _free_kv(self, pod: PodView) -> float:
+        """Free KV share as reported, less the prompts we sent that the engine has not taken in yet
+        (reports lag dispatches)."""
+        pending = self._load.get(pod.name, _NO_LOAD).pending_prompt
+        return 1.0 - pod.kv_usage - pending / pod.profile.kv_capacity_tokens
 
     def _work(self, pod: PodView) -> float:
         """Expected outstanding pod-seconds: ours, plus requests the engine reports that we did
@@ -170,18 +181,27 @@ class Scheduler:
     ) -> None:
         req.pod, req.dispatched_at = pod.name, now
         req.engine_priority = (
-            engine_priority(queue.key_at(req, now), self.engine) if self.policy.central_queue else 0
+            engine_priority(queue.order_key(req), self.engine) if self.policy.central_queue else 0
         )
         entry = _InFlight(req, pod.name, poly, contribution, ladder_span(req.generated), req.generated)
         self._inflight[req.request_id] = entry
-        self._by_pod.setdefault(pod.name, {})[req.request_id] = req
+        self._by_pod.setdefault(pod.name, []).append(req)  # pod.inflight is this list
         self._load_of(pod.name).add(entry.contribution)
-        pod.inflight.append(req)
+        if req.generated <= 0 and req.watched:
+            self._unstarted[pod.name] = self._unstarted.get(pod.name, 0) + 1
+            pod.unstarted += 1
         pod.num_waiting += 1  # our own accounting until the next metrics report arrives
+        if req.generated > 0:  # a resumed request may be displaced again at once
+            self._offer(req)
+
+    def _offer(self, req: SchedRequest) -> None:
+        """A running request's order key may have changed: offer it as a preemption candidate."""
+        if self.preemption.enabled:
+            self._candidates.offer(req, self._queues[req.model].order_key(req))
 
     # --- preemption -------------------------------------------------------------------------------
     def _preempt_for(
-        self, head: SchedRequest, queue: AgingQueue, pods: Sequence[PodView]
+        self, head: SchedRequest, queue: AgingQueue, pods: Sequence[PodView], now: float
     ) -> tuple[tuple[PodView, CostPolynomial, PodLoad] | None, SchedRequest | None]:
         """For a head that fits nowhere: displace the worst running request if it is worse by
         enough, and send the head to the pod it frees (its engine priority puts it ahead of what
@@ -193,8 +213,7 @@ class Scheduler:
         def eligible(r: SchedRequest) -> bool:
             return policy.bucket(r, r.generated, settings.bucket_tokens) != r.decided_bucket and policy.may_preempt(r)
 
-        running = [r for p in by_name.values() for r in p.inflight]
-        victim = pick_candidate(running, queue.static_key, eligible, settings)
+        victim = self._candidates.worst(lambda r: r.pod in by_name, eligible, settings)
         if victim is None:
             return None, None
         victim.decided_bucket = policy.bucket(victim, victim.generated, settings.bucket_tokens)
@@ -202,10 +221,10 @@ class Scheduler:
         pod = by_name[victim.pod]
         stalled = settings.recompute_weight * max(pod.num_running, len(pod.inflight))
         recompute = self._cost.compute(victim.prompt_tokens + victim.generated).c0 * max(stalled, 1.0)
-        if not worth_preempting(head, queue.static_key(head), victim, queue.static_key(victim), recompute, settings):
+        if not worth_preempting(head, queue.aged_rank(head, now), victim, queue.aged_rank(victim, now), recompute,
+                                settings):
             return None, None
         self._forget(victim.request_id)
-        pod.inflight = [r for r in pod.inflight if r is not victim]
         victim.preemptions += 1
         victim.resume_pod, victim.pod, victim.dispatched_at = pod.name, None, None
         self._preempted.append((victim, pod.name))
@@ -246,12 +265,17 @@ class Scheduler:
             return
         req = entry.req
         first_token = req.generated <= entry.start < generated
+        if req.generated <= 0 < generated and req.watched:
+            self._unstarted[entry.pod] -= 1
         req.generated = generated
         lo, hi = entry.span
         if first_token or not lo <= generated < hi:
             self._refresh(entry)
         if self.preemption.enabled and self.policy.bucket(req, generated, self.preemption.bucket_tokens) != req.rank_bucket:
             self._rerank(req, entry.poly)
+            self._offer(req)
+        elif first_token:
+            self._offer(req)
 
     def _refresh(self, entry: _InFlight) -> None:
         load = self._load_of(entry.pod)
@@ -264,9 +288,13 @@ class Scheduler:
         entry = self._inflight.pop(request_id, None)
         if entry is None:
             return None
+        self._candidates.withdraw(request_id)
         self._load_of(entry.pod).add(entry.contribution, -1.0)
-        self._by_pod[entry.pod].pop(request_id, None)
-        if not self._by_pod[entry.pod]:
+        mine = self._by_pod[entry.pod]
+        mine.remove(entry.req)
+        if entry.req.generated <= 0 and entry.req.watched:
+            self._unstarted[entry.pod] -= 1
+        if not mine:
             self._load[entry.pod] = PodLoad()  # resync: no float drift survives an idle pod
         return entry
 
@@ -296,4 +324,4 @@ class Scheduler:
     def inflight(self, pod_name: str | None = None) -> list[SchedRequest]:
         if pod_name is None:
             return [e.req for e in self._inflight.values()]
-        return list(self._by_pod.get(pod_name, {}).values())
+        return list(self._by_pod.get(pod_name, []))

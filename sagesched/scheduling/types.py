@@ -27,6 +27,9 @@ class SchedRequest:
     max_tokens: int | None = None
     priority: int = 0  # client hint: lower is more urgent; requests of a lower hint always go first
     generated: int = 0
+    # False when its tokens cannot be watched as they come (a non-streaming answer arrives whole):
+    # `generated` stays 0 throughout, so it must not count as waiting at the engine for that.
+    watched: bool = True
     true_output_tokens: int | None = None
     pod: str | None = None
     dispatched_at: float | None = None
@@ -63,6 +66,7 @@ class PodView:
     healthy: bool = True
     stale: bool = False
     inflight: list[SchedRequest] = field(default_factory=list)
+    unstarted: int = 0  # of `inflight`, the streams that have not sent a token yet (the Scheduler's count)
 
     @property
     def eligible(self) -> bool:
@@ -81,4 +85,4 @@ class PodView:
     def waiting(self) -> int:
         """Requests the engine has not started decoding: its report, or ours that have streamed
         nothing yet (prefilling or queued there), whichever is larger — reports lag dispatches."""
-        return max(self.num_waiting, sum(1 for r in self.inflight if r.generated <= 0))
+        return max(self.num_waiting, self.unstarted)

@@ -26,7 +26,7 @@ from sagesched.simulator.workload import Workload
 from sagesched.traces import Trace
 
 MODEL = "m"
-NOISE_SHARE = 0.2  # the paper's noise ablation: prediction mixed 4:1 with the uniform distribution
+NOISE_SHARE = 0.2  # the paper's noise ablation: prediction mixed 4:1 with a uniform distribution over lengths
 # every policy runs on identically configured engines: vLLM with `--scheduling-policy priority`
 # (policies without a central queue send priority 0, which is FCFS order) and prefix caching on
 ENGINE_SCHEDULING = "priority"
@@ -38,8 +38,9 @@ class PolicySpec:
     optionally with the true conditional length distribution (`true`) or the predictor's exported
     distributions (`pred`, for traces that carry them) instead of the history estimator, with the
     quantile memory admission gate (`memgate`; off by default: reserving KV for pessimistic lengths
-    starves the GPU, measured in bench/results/standard), without preemption (`nopreempt`: the index is then frozen while
-    a request runs), with its predictions mixed 4:1 with the uniform distribution (`noise`), or with
+    starves the GPU, measured in bench/results/standard), without preemption (`nopreempt`: nothing
+    can stop a request, so the Gittins index offers only completion and is the expected cost), with its
+    predictions mixed 4:1 with a uniform distribution over lengths (`noise`), or with
     another cost model (`cost=paper|output|vtc|hybrid`)."""
 
     policy: str
@@ -151,7 +152,7 @@ class ClusterSim:
         p, o = int(self.w.prompts[i]), int(self.w.outputs[i])
         dist = self.w.source.prediction(i) if self.spec.predicted else self.estimator.predict(MODEL, p)
         if self.spec.noise:
-            dist = LengthDistribution.mixture([dist, LengthDistribution.uniform(dist.grid)], [1 - NOISE_SHARE, NOISE_SHARE])
+            dist = LengthDistribution.mixture([dist, LengthDistribution.flat(dist.grid)], [1 - NOISE_SHARE, NOISE_SHARE])
         req = SchedRequest(str(i), MODEL, p, now, dist, true_output_tokens=o)
         self.sched_reqs[req.request_id] = req
         self.scheduler.submit(req, now)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sagesched.scheduling.preemption import Preemption
+from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
+from sagesched.traces import Trace
 
 POLICIES = ("round-robin", "least-requests", "llmd", "fcfs", "ssjf", "ltr", "trail", "fastserve", "sjf-mean",
             "sagesched", "oracle")
@@ -31,7 +33,7 @@ MECHANISMS = {
     "ltr": "central queue by predicted rank score (median)",
     "trail": "central queue by refreshed expected remaining output; limited preemption",
     "fastserve": "skip-join MLFQ by attained tokens; preemption; no predictor",
-    "sjf-mean": "central queue by expected cost (hybrid), no refresh",
+    "sjf-mean": "central queue by the cost (hybrid) of the mean length, no refresh",
     "sagesched": "Gittins index on the hybrid cost distribution, refreshed per bucket; preemption",
     "oracle": "true lengths: preemptive SRPT, memory-aware, no aging, no cap",
 }
@@ -50,6 +52,9 @@ class Case:
     batch_tokens: int | None = None
     requests: int = 4000  # drawn for a mix (half is history); an Azure trace replays `requests` after its history
     policies: tuple[str, ...] = POLICIES
+    # a mix is drawn, and its arrivals timed, once per seed; figures are means over the seeds (an
+    # overloaded queue is chaotic: one draw moves a policy's mean by ±5%). Azure traces replay one way.
+    seeds: tuple[int, ...] = (1, 2, 3)
 
     def labels(self, predicted: bool) -> tuple[str, ...]:
         uses_prediction = {"ssjf", "ltr", "trail", "sjf-mean", "sagesched"}
@@ -59,23 +64,31 @@ class Case:
 QWEN = "h200-qwen3-32b-96gb"
 CASES = (
     Case("paper-1pod", "mixed", QWEN, 1, (0.8, 1.0, HIGH_CONTENTION), requests=4000),
-    Case("paper-8pods", "mixed", QWEN, 8, (1.0, HIGH_CONTENTION), requests=12000),
+    Case("paper-8pods", "mixed", QWEN, 8, (1.0, HIGH_CONTENTION), requests=12000, seeds=(1,)),
     *(Case(f"paper-1pod-batch{b}", "mixed", QWEN, 1, (1.0,), batch_tokens=b) for b in (512, 1024, 2048, 8192)),
     Case("a40-llama31-8b", "mixed", "llama31-8b-48gb", 1, (HIGH_CONTENTION,)),
     Case("memory-bound-8b-1pod", "mixed", "h100-llama3-8b-gmu30", 1, (1.0, HIGH_CONTENTION)),
-    Case("heavy-memory-bound-8pods", "heavy", "h100-llama3-8b-gmu30", 8, (0.95, HIGH_CONTENTION), requests=12000),
-    Case("mixed-bursty-8pods", "mixed", QWEN, 8, (1.0,), arrivals="bursty", requests=12000),
-    Case("azure-code-8pods", "code", "h100-llama3-8b", 8, (0.85, 0.95), arrivals="trace", requests=4000),
-    Case("azure-conv-8pods", "conv", "h100-llama3-8b", 8, (0.85, 0.95), arrivals="trace", requests=4000),
+    Case("heavy-1pod", "heavy", QWEN, 1, (HIGH_CONTENTION, 1.6)),
+    Case("heavy-memory-bound-8pods", "heavy", "h100-llama3-8b-gmu30", 8, (0.95, HIGH_CONTENTION), requests=12000,
+         seeds=(1,)),
+    Case("mixed-bursty-8pods", "mixed", QWEN, 8, (1.0,), arrivals="bursty", requests=12000, seeds=(1,)),
+    Case("azure-code-8pods", "code", "h100-llama3-8b", 8, (0.85, 0.95), arrivals="trace", requests=4000, seeds=(0,)),
+    Case("azure-conv-8pods", "conv", "h100-llama3-8b", 8, (0.85, 0.95), arrivals="trace", requests=4000, seeds=(0,)),
 )
 ABLATIONS = {  # on paper-1pod at the high-contention load
-    "predictor": ("sagesched:pred", "sagesched", "sagesched:pred:noise", "sjf-mean:pred:noise", "trail:pred:noise"),
+    "predictions (exact, history only, noise)": ("sagesched:pred", "sagesched", "sagesched:pred:noise", "sjf-mean:pred:noise", "trail:pred:noise"),
     "cost model": ("sagesched:pred", "sagesched:pred:cost=paper", "sagesched:pred:cost=output",
                    "sagesched:pred:cost=vtc"),
     "index": ("sjf-mean:pred", "sagesched:pred:nopreempt", "sagesched:pred"),
     "admission": ("sagesched:pred", "sagesched:pred:memgate", "fcfs", "fcfs:memgate"),
 }
 BUCKETS = (50, 100, 200, 400, 800)
+AGING_RATES = (0.0, 0.005, 0.01, 0.02, 0.05)  # per second; swept on paper-1pod and memory-bound-8b-1pod
+# predictor modes run end to end on real ShareGPT prompts (predictor_service/workload.py); the MiniLM
+# modes score like the hashed ones at ~100x the CPU (bench/results/predictor), so they are left out here
+PREDICTORS = ("buckets", "input-length", "network", "semantic-hashed", "blend-hashed")
+SHAREGPT = Case("sharegpt-test-1pod", "sharegpt-test", QWEN, 1, (HIGH_CONTENTION,))
+SHAREGPT_BASELINES = ("fcfs", "llmd", "sagesched", "oracle")
 
 
 @dataclass
@@ -86,7 +99,31 @@ class Row:
     stats: dict = field(default_factory=dict)
 
 
-def _simulate(case: Case, load: float, labels: tuple[str, ...], preemption: Preemption, quick: bool) -> list[Row]:
+def _simulate(case: Case, load: float, labels: tuple[str, ...], preemption: Preemption, quick: bool,
+              aging_rate: float = DEFAULT_AGING_RATE, trace: Trace | None = None) -> list[Row]:
+    """Every label on the case at `load` (on `trace` if given, else the case's), once per seed; each
+    row holds the means over the seeds and the range of the mean TTLT."""
+    runs = [_simulate_seed(case, load, labels, preemption, quick, aging_rate, seed, trace) for seed in case.seeds]
+    rows = []
+    for i, label in enumerate(labels):
+        per_seed = [run[i] for run in runs]
+        rows.append(Row(case.name, load, label, _over_seeds(per_seed)))
+        s = rows[-1].stats
+        print(f"{case.name:26s} load={load:.2f} {label:28s} mean={s['ttlt_mean']:8.2f} "
+              f"[{s['ttlt_mean_min']:.2f}-{s['ttlt_mean_max']:.2f}] p99={s['ttlt_p99']:8.2f} "
+              f"preempt={s['preemptions']}/{s['router_preemptions']} ({s['wall_s']:.1f}s)", flush=True)
+    return rows
+
+
+def _over_seeds(per_seed: list[dict]) -> dict:
+    numeric = [k for k, v in per_seed[0].items() if isinstance(v, (int, float))]
+    stats = {k: round(sum(s[k] for s in per_seed) / len(per_seed), 4) for k in numeric}
+    means = [s["ttlt_mean"] for s in per_seed]
+    return {**per_seed[0], **stats, "seeds": len(per_seed), "ttlt_mean_min": min(means), "ttlt_mean_max": max(means)}
+
+
+def _simulate_seed(case: Case, load: float, labels: tuple[str, ...], preemption: Preemption, quick: bool,
+                   aging_rate: float, seed: int, given: Trace | None) -> list[dict]:
     from sagesched.engine import load_profile
     from sagesched.simulator.cluster import PolicySpec, SimConfig, simulate
     from sagesched.simulator.mixes import MIXES, make_mix
@@ -99,23 +136,20 @@ def _simulate(case: Case, load: float, labels: tuple[str, ...], preemption: Pree
         profile = profile.with_overrides(max_num_batched_tokens=case.batch_tokens)
     n = max(case.requests // (8 if quick else 1), 200)
     if case.trace in MIXES:
-        trace = make_mix(case.trace, n, seed=1)
+        trace = make_mix(case.trace, n, seed=seed)
         history, replay = trace.split(0.5)
     else:
-        trace = load_trace(case.trace)
+        trace = given or load_trace(case.trace)
         history, replay = trace.split(0.3)
         replay = replay.slice(0, n)
-    config = SimConfig(case.pods, 0, engine_buffer=ENGINE_BUFFER, preemption=preemption)
-    workload = build_workload(replay, profile, case.pods, load, case.arrivals, 0)
-    rows = []
+    config = SimConfig(case.pods, 0, aging_rate, engine_buffer=ENGINE_BUFFER, preemption=preemption)
+    workload = build_workload(replay, profile, case.pods, load, case.arrivals, seed)
+    out = []
     for label in labels:
         t0 = time.perf_counter()
         result = simulate(workload, PolicySpec.parse(label), profile, history, trace, config)
-        rows.append(Row(case.name, load, label, summarize(result, case.trace, case.arrivals, time.perf_counter() - t0)))
-        s = rows[-1].stats
-        print(f"{case.name:26s} load={load:.2f} {label:28s} mean={s['ttlt_mean']:8.2f} p99={s['ttlt_p99']:8.2f} "
-              f"preempt={s['preemptions']}/{s['router_preemptions']} ({s['wall_s']:.1f}s)", flush=True)
-    return rows
+        out.append(summarize(result, case.trace, case.arrivals, time.perf_counter() - t0))
+    return out
 
 
 def run_suite(quick: bool = False, cases: tuple[Case, ...] = CASES) -> dict:
@@ -129,7 +163,30 @@ def run_suite(quick: bool = False, cases: tuple[Case, ...] = CASES) -> dict:
     ablations = {name: _simulate(paper, HIGH_CONTENTION, labels, default, quick) for name, labels in ABLATIONS.items()}
     buckets = {b: _simulate(paper, HIGH_CONTENTION, ("sagesched:pred",), replace(default, bucket_tokens=b), quick)[0]
                for b in BUCKETS}
-    return {"rows": rows, "ablations": ablations, "buckets": buckets}
+    memory_bound = next(c for c in cases if c.name == "memory-bound-8b-1pod")
+    predictors = _predictor_ablation(default, quick)
+    aging = []
+    for rate in AGING_RATES:
+        for case in (paper, memory_bound):
+            for row in _simulate(case, HIGH_CONTENTION, ("sagesched:pred", "fcfs"), default, quick, rate):
+                row.stats["aging_rate"] = rate
+                aging.append(row)
+    return {"rows": rows, "ablations": {**ablations, "predictor, end to end": predictors}, "buckets": buckets,
+            "aging": aging}
+
+
+def _predictor_ablation(preemption: Preemption, quick: bool) -> list[Row]:
+    """sagesched on real ShareGPT prompts with each predictor mode's own per-request distributions
+    (history 30%, replay 70%), beside baselines that use none."""
+    from sagesched.predictor.workload import sharegpt_workload
+
+    workload = sharegpt_workload(modes=PREDICTORS)
+    rows = _simulate(SHAREGPT, HIGH_CONTENTION, SHAREGPT_BASELINES, preemption, quick, trace=workload.trace("network"))
+    for mode in PREDICTORS:
+        row, = _simulate(SHAREGPT, HIGH_CONTENTION, ("sagesched:pred",), preemption, quick, trace=workload.trace(mode))
+        row.policy = f"sagesched:pred={mode}"
+        rows.append(row)
+    return rows
 
 
 # --- reporting ----------------------------------------------------------------------------------------
@@ -143,8 +200,15 @@ def _table(rows: list[Row], with_mechanisms: bool) -> list[str]:
     lines = [head, "|" + "---|" * (len(COLUMNS) + 1 + with_mechanisms)]
     for r in rows:
         mech = f"{MECHANISMS[r.policy.split(':')[0]]} | " if with_mechanisms else ""
-        lines.append(f"| {r.policy} | {mech}" + " | ".join(str(r.stats[c]) for c, _ in COLUMNS) + " |")
+        lines.append(f"| {r.policy} | {mech}" + " | ".join(_cell(r.stats, c) for c, _ in COLUMNS) + " |")
     return lines
+
+
+def _cell(stats: dict, column: str) -> str:
+    """A figure; the mean TTLT of a multi-seed row also shows its range over the seeds."""
+    if column == "ttlt_mean" and stats.get("seeds", 1) > 1:
+        return f"{stats[column]} [{stats['ttlt_mean_min']}–{stats['ttlt_mean_max']}]"
+    return str(stats[column])
 
 
 def _mean(rows: list[Row], case: str, load: float, policy: str) -> dict | None:
@@ -188,24 +252,31 @@ def render(result: dict, command: str) -> str:
              "where the engine's batch-token budget is at least twice its size; the memory gate is off. "
              "`:pred` = the workload's per-prompt distribution (a calibrated semantic predictor); Azure traces "
              "carry no prompt, so there every predictor-driven policy uses the prompt-length history. Times in "
-             "seconds; preemptions: the engines' own (KV ran out, recompute) / the scheduler's (ended, resumed).",
+             "seconds; preemptions: the engines' own (KV ran out, recompute) / the scheduler's (ended, resumed). "
+             "One-pod cases and the ablations are the means of 3 seeds (mix drawn and arrivals timed anew; the "
+             "range of the mean TTLT over seeds in brackets); 8-pod cases one seed, Azure traces one replay.",
              "", "## Targets", "", *targets(rows), ""]
     for case, load in dict.fromkeys((r.case, r.load) for r in rows):
         lines += [f"## {case} — load {load}", "", *_table([r for r in rows if r.case == case and r.load == load], True), ""]
     for name, arows in result["ablations"].items():
-        lines += [f"## Ablation: {name} (paper-1pod, load {HIGH_CONTENTION})", "", *_table(arows, False), ""]
+        lines += [f"## Ablation: {name} ({arows[0].case}, load {arows[0].load})", "", *_table(arows, False), ""]
     lines += [f"## Refresh bucket sweep (sagesched:pred, paper-1pod, load {HIGH_CONTENTION})", "",
               "| bucket tokens | mean TTLT | P99 | router preempt. | recomputed tok. |", "|---|---|---|---|---|"]
-    lines += [f"| {b} | {r.stats['ttlt_mean']} | {r.stats['ttlt_p99']} | {r.stats['router_preemptions']} | "
+    lines += [f"| {b} | {_cell(r.stats, 'ttlt_mean')} | {r.stats['ttlt_p99']} | {r.stats['router_preemptions']} | "
               f"{r.stats['recomputed_tokens']} |" for b, r in result["buckets"].items()]
+    lines += ["", f"## Aging sweep (load {HIGH_CONTENTION}; multiplicative: rank · e^(−rate·wait))", "",
+              "| case | aging rate /s | policy | mean TTLT | P99 |", "|---|---|---|---|---|"]
+    lines += [f"| {r.case} | {r.stats['aging_rate']} | {r.policy} | {_cell(r.stats, 'ttlt_mean')} | {r.stats['ttlt_p99']} |"
+              for r in result["aging"]]
     return "\n".join(lines) + "\n"
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "standard", help="the standard policy comparison table with ablations (simulated)",
-        description="Run every policy on every standard case (identical engines per case), the paper's ablations "
-                    "and the refresh-bucket sweep; write README.md and results.json to --out.")
+        description="Run every policy on every standard case (identical engines per case), the paper's ablations, "
+                    "each predictor mode end to end on ShareGPT (needs the [train] extra), and the "
+                    "refresh-bucket and aging sweeps; write README.md and results.json to --out.")
     p.add_argument("--quick", action="store_true", help="an eighth of the requests per case (a smoke run)")
     p.add_argument("--out", type=Path, default=Path("bench/results/standard"),
                    help="folder for README.md and results.json (default: %(default)s)")
@@ -219,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "README.md").write_text(render(result, command))
     flat = {"rows": [r.__dict__ for r in result["rows"]],
             "ablations": {k: [r.__dict__ for r in v] for k, v in result["ablations"].items()},
-            "buckets": {str(b): r.__dict__ for b, r in result["buckets"].items()}}
+            "buckets": {str(b): r.__dict__ for b, r in result["buckets"].items()},
+            "aging": [r.__dict__ for r in result["aging"]]}
     (args.out / "results.json").write_text(json.dumps(flat, indent=1) + "\n")
     print("\n".join(targets(result["rows"])))
     return 0

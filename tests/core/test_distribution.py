@@ -87,3 +87,13 @@ def test_invalid_probabilities_are_rejected() -> None:
         LengthDistribution(np.zeros(grid().num_bins))
     with pytest.raises(ValueError):
         LengthDistribution(np.ones(3))
+
+
+def test_flat_noise_is_uniform_over_lengths_not_over_bins() -> None:
+    g = grid()
+    flat = LengthDistribution.flat(g)
+    assert flat.mean == pytest.approx((1 + g.max_length) / 2, rel=0.01)
+    # log-spaced bins: 18 of the 64 bins lie below 19 tokens, a 28% share for `uniform` but
+    # 18 / 32768 of the lengths for `flat`
+    assert LengthDistribution.uniform(g).cdf(18) == pytest.approx(18 / 64)
+    assert flat.cdf(18) == pytest.approx(18 / g.max_length)

@@ -1,6 +1,8 @@
 """The scheduling core's maths and ordering, on hand-made cases."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from sagesched.scheduling import HistoryEstimator, PodView, SchedRequest, Schedu
 from sagesched.scheduling.admission import Admission
 from sagesched.scheduling.cost import CostModel, CostPolynomial, expected_cost
 from sagesched.scheduling.gittins import gittins_rank
+from sagesched.scheduling.queue import AgingQueue
 
 PROFILE = load_profile()
 POLY = CostModel(PROFILE).compute(500)
@@ -95,13 +98,34 @@ def test_sagesched_serves_shortest_first_without_aging() -> None:
     assert _drain(sched, 3.0) == ["r20", "r200", "r800"]
 
 
-def test_aging_eventually_serves_a_long_job_before_new_short_ones() -> None:
+def _aged_order(short_arrives_at_share: float) -> list[str]:
+    """Serve order of a long job queued at 0 and a short one arriving at that share of the instant
+    where aging makes their ranks equal: ln(rank_long / rank_short) / rate."""
     sched = Scheduler("sagesched", aging_rate=0.01)
     sched.admission = type(sched.admission)(memory_aware=False, engine_buffer=1)
-    sched.submit(_req("long", 2000, 0.0), 0.0)
-    gap = POLY.at(2000) / 0.01  # seconds after which aging has forgiven the whole difference
-    sched.submit(_req("short-late", 10, gap * 2), gap * 2)
-    assert _drain(sched, gap * 2) == ["long", "short-late"]
+    long, short = _req("long", 2000, 0.0), _req("short", 10, 0.0)
+    sched.submit(long, 0.0)
+    probe = Scheduler("sagesched")
+    probe.submit(short, 0.0)
+    crossing = math.log(long.rank / short.rank) / 0.01
+    late = _req("short", 10, short_arrives_at_share * crossing)
+    sched.submit(late, late.arrival)
+    return _drain(sched, late.arrival)
+
+
+def test_aging_serves_a_long_job_first_once_it_waited_the_log_of_its_cost_ratio_over_the_rate() -> None:
+    assert _aged_order(0.9) == ["short", "long"]
+    assert _aged_order(1.1) == ["long", "short"]
+
+
+def test_aging_is_multiplicative_so_it_keeps_the_order_of_requests_that_waited_alike() -> None:
+    queue = AgingQueue(0.01)
+    big, small = _req("big", 10, 0.0), _req("small", 10, 0.0)
+    big.rank, small.rank = 8.0, 0.08
+    assert queue.aged_rank(big, math.log(2) / 0.01) == pytest.approx(4.0)  # halves every ln 2 / rate
+    # any wait shrinks both by the same factor, whatever their scale: the cheaper stays ahead
+    assert queue.aged_rank(small, 500.0) / queue.aged_rank(big, 500.0) == pytest.approx(0.01)
+    assert queue.order_key(small) < queue.order_key(big)
 
 
 def test_fcfs_keeps_arrival_order() -> None:
@@ -151,3 +175,31 @@ def test_history_estimator_learns_the_bucket_shape() -> None:
     learned = est.predict("m", 100)
     assert learned.cdf(40) > 0.9 > prior.cdf(40)
     assert est.predict("m", 100) is learned  # same object until new evidence
+
+
+def test_the_default_picker_prefers_free_kv_counting_prompts_not_yet_taken_in() -> None:
+    sched = Scheduler("sjf-mean", Admission(prefill_tokens=0, engine_buffer=4))
+    busy = PodView("busy", ("m",), PROFILE, kv_usage=0.5)
+    idle = PodView("idle", ("m",), PROFILE, kv_usage=0.2)
+    capacity = PROFILE.kv_capacity_tokens
+    big = SchedRequest("big", "m", int(0.4 * capacity), 0.0, D.point(10), true_output_tokens=10)
+    sched.submit(big, 0.0)
+    assert [p.name for _, p in sched.dispatch([busy, idle], 0.0)] == ["idle"]
+    # the engine has not reported the big prompt yet (idle still says 20%): it counts anyway,
+    # so idle is now at 60% of its KV in our books and the next request goes to busy
+    sched.submit(_req("next", 10, 0.0), 0.0)
+    assert [p.name for _, p in sched.dispatch([busy, idle], 0.0)] == ["busy"]
+
+
+def test_a_resumed_request_goes_home_when_it_fits_there_and_elsewhere_when_not() -> None:
+    sched = Scheduler("sjf-mean", Admission(prefill_tokens=0))
+    home = PodView("home", ("m",), PROFILE, kv_usage=0.6)
+    other = PodView("other", ("m",), PROFILE, kv_usage=0.0)
+    resumed = _req("r", 100, 0.0)
+    resumed.resume_pod, resumed.generated = "home", 50  # its 550 tokens are cached on home
+    sched.submit(resumed, 0.0)
+    assert [p.name for _, p in sched.dispatch([home, other], 0.0)] == ["home"]
+    sched.on_finish("r", 0.0)
+    full = PodView("home", ("m",), PROFILE, kv_usage=1.0 - 100 / PROFILE.kv_capacity_tokens)
+    sched.submit(resumed, 0.0)  # 550 tokens do not fit in the 100 home has left
+    assert [p.name for _, p in sched.dispatch([full, other], 0.0)] == ["other"]

@@ -134,3 +134,25 @@ def test_trail_preempts_only_early_in_a_request_s_predicted_life() -> None:
     assert trail.may_preempt(req)
     req.generated = 200
     assert not trail.may_preempt(req)
+
+
+def test_candidates_give_the_worst_live_eligible_request_and_drop_stale_entries() -> None:
+    from sagesched.scheduling.preemption import Candidates
+
+    reqs = {name: SchedRequest(name, "m", 10, 0.0, D.point(10), generated=5, pod=pod)
+            for name, pod in (("a", "p0"), ("b", "p0"), ("c", "p1"))}
+    cands, settings = Candidates(), Preemption(max_per_request=1)
+    for name, key in (("a", 1.0), ("b", 3.0), ("c", 5.0)):
+        cands.offer(reqs[name], key)
+    anywhere, always = (lambda r: True), (lambda r: True)
+    assert cands.worst(anywhere, always, settings) is reqs["c"]
+    # a head that only p0 can serve: c is passed over but kept for later heads
+    assert cands.worst(lambda r: r.pod == "p0", always, settings) is reqs["b"]
+    assert cands.worst(anywhere, always, settings) is reqs["c"]
+    cands.withdraw("c")  # it left its pod
+    cands.offer(reqs["a"], 4.0)  # a's refreshed key: the older entry (1.0) is stale
+    assert cands.worst(anywhere, always, settings) is reqs["a"]
+    reqs["a"].preemptions = 1  # capped: dropped for good
+    assert cands.worst(anywhere, always, settings) is reqs["b"]
+    assert cands.worst(anywhere, lambda r: r is not reqs["b"], settings) is None  # b decided on this bucket
+    assert cands.worst(anywhere, always, settings) is None  # ... and not offered again until re-ranked

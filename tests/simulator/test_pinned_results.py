@@ -24,14 +24,14 @@ PROFILE = load_profile("h100-llama3-8b").with_overrides(num_gpu_blocks=2000, max
 PINNED = {  # (policy, prompt tokens a pod may have waiting for prefill; 0: no prefill gate) -> digest
     ("llmd", 0): "883bcbbdfdd08c4b80255f2a",
     ("round-robin", 0): "e815f2cbf0c15b5e796a9214",
-    ("fcfs", 0): "a7a5e5747ff64b8de8996cd1",
-    ("fcfs:memgate", 0): "82c6b78971ac2e671dddeea6",
-    ("sagesched", 0): "b39e39ad37e55679404cf0a0",
-    ("trail", 0): "975d1bc6b3c983ece4e494a4",
-    ("fastserve", 0): "a7a5e5747ff64b8de8996cd1",
-    ("oracle", 0): "f7891d953f6e622acf9dd934",
-    ("sagesched", 1024): "ca5a417e84fcb1fc459e7eb9",
-    ("fcfs", 1024): "3f38fc64b4fde9c9368f1a91",
+    ("fcfs", 0): "e2d1e1f0f0f899e8235be2f0",
+    ("fcfs:memgate", 0): "2346cb72f209a91e1cfebae3",
+    ("sagesched", 0): "4b519211e7505744b15f0d29",
+    ("trail", 0): "dc1bc41fef87fa5b92e751d8",
+    ("fastserve", 0): "e2d1e1f0f0f899e8235be2f0",
+    ("oracle", 0): "316ac1af100242e7785ed475",
+    ("sagesched", 1024): "90298149b86e169b983f72f0",
+    ("fcfs", 1024): "e47f15e42ccd4c069ad04091",
 }
 
 

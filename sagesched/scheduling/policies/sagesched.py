@@ -19,4 +19,4 @@ class SageSched(Policy):
     preemptive = True
 
     def rank(self, req: SchedRequest, poly: CostPolynomial, attained: int) -> float:
-        return gittins_rank(self.distribution_for(req), poly, req.output_cap, attained)
+        return gittins_rank(self.distribution_for(req), poly, req.output_cap, attained, self.quantum)

@@ -63,7 +63,7 @@ class RouterSettings:
     store_policy: str | None = None  # read only the pods of this "<namespace>/<policy>"; None = all
     policy: str = "sagesched"
     policy_params: dict = field(default_factory=dict)
-    aging_rate: float = DEFAULT_AGING_RATE  # per second: a waiting rank shrinks by e^(-rate·wait)
+    aging_rate: float = DEFAULT_AGING_RATE  # a waiting rank shrinks by e^(-rate·wait/T), T = typical time on a pod
     # Clients' `priority` (gRPC priority, gateway x-sagesched-priority) orders the queue before the
     # policy does, within ±this; 0 = ignored, since any client could otherwise jump every queue.
     client_priority_limit: int = 0

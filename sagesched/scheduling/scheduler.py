@@ -26,7 +26,12 @@ from sagesched.scheduling.queue import AgingQueue
 from sagesched.scheduling.types import PodView, SchedRequest
 
 _NO_LOAD = PodLoad()  # read-only stand-in for a pod we have sent nothing yet (lookups create nothing)
-DEFAULT_AGING_RATE = 0.01  # per second: a waiting rank halves every 69 s (queue.py; bench/results/standard, aging)
+# per typical time on a pod: a waiting rank shrinks by e^(-rate * wait / T), T the running mean of how long
+# requests stay on their pod once dispatched (queue.py; bench/results/standard, aging sweep)
+DEFAULT_AGING_RATE = 0.3
+INITIAL_POD_TIME_S = 10.0  # T until requests have finished
+POD_TIME_WEIGHT = 0.02  # weight of each finished request in T's running mean
+REKEY_DRIFT = 0.25  # re-key the queues when T has moved this much since they were keyed
 
 
 @dataclass
@@ -53,6 +58,8 @@ class Scheduler:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.admission = admission or Admission()
         self.aging_rate = aging_rate if self.policy.aged else 0.0
+        self._pod_time = INITIAL_POD_TIME_S
+        self._keyed_pod_time = INITIAL_POD_TIME_S
         self.engine = engine
         self.preemption = self._preemption_for(preemption)
         self.policy.quantum = 1 if self.preemption.enabled else None
@@ -89,7 +96,7 @@ class Scheduler:
             self._rerank(req, self._poly(req))
         queue = self._queues.get(req.model)
         if queue is None:
-            queue = self._queues[req.model] = AgingQueue(self.aging_rate if self.policy.central_queue else 0.0)
+            queue = self._queues[req.model] = AgingQueue(self._per_second_rate() if self.policy.central_queue else 0.0)
         queue.push(req)
 
     def _poly(self, req: SchedRequest) -> CostPolynomial:
@@ -301,7 +308,36 @@ class Scheduler:
     def on_finish(self, request_id: str, now: float) -> SchedRequest | None:
         """The request left its pod (finished or failed); forget it everywhere."""
         entry = self._forget(request_id)
-        return self._dequeue(request_id) if entry is None else entry.req
+        if entry is None:
+            return self._dequeue(request_id)
+        if entry.req.dispatched_at is not None and now > entry.req.dispatched_at:
+            self._observe_pod_time(now - entry.req.dispatched_at)
+        return entry.req
+
+    # --- aging's time scale ---------------------------------------------------------------------
+    @property
+    def aging_per_second(self) -> float:
+        """The rate the queues age at now (per second of waiting)."""
+        return self._per_second_rate()
+
+    def _per_second_rate(self) -> float:
+        return self.aging_rate / self._keyed_pod_time
+
+    def _observe_pod_time(self, seconds: float) -> None:
+        """Aging counts waits in units of T, the typical time on a pod, so the same setting suits
+        a trace whose requests take 2 s and one whose take 40 s. T moves slowly; when it has moved
+        enough, every queue is re-keyed (and the preemption candidates re-offered) at the new rate."""
+        self._pod_time += POD_TIME_WEIGHT * (seconds - self._pod_time)
+        if self.aging_rate <= 0 or abs(self._pod_time / self._keyed_pod_time - 1.0) < REKEY_DRIFT:
+            return
+        self._keyed_pod_time = self._pod_time
+        rate = self._per_second_rate()
+        for queue in self._queues.values():
+            if queue.aging_rate > 0:
+                queue.rekey(rate)
+        for entry in self._inflight.values():
+            if entry.req.generated > 0:
+                self._offer(entry.req)
 
     def cancel(self, request_id: str) -> SchedRequest | None:
         """Client went away: drop from the queue or from in-flight accounting."""

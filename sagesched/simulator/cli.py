@@ -37,7 +37,7 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="replay only the first N requests (0: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed for arrivals and the engines (default: %(default)s)")
     p.add_argument("--aging-rate", type=float, default=None,
-                   help="per second: a waiting request's rank shrinks by e^(-rate*wait) "
+                   help="a waiting request's rank shrinks by e^(-rate*wait/T), T the running mean time on a pod "
                         "(default: the scheduler's DEFAULT_AGING_RATE)")
     p.add_argument("--batch-tokens", type=int, default=None,
                    help="engine max_num_batched_tokens for every pod (engine configuration; default: the profile's)")

@@ -13,6 +13,7 @@ from sagesched.scheduling.admission import Admission
 from sagesched.scheduling.cost import CostModel, CostPolynomial, expected_cost
 from sagesched.scheduling.gittins import gittins_rank
 from sagesched.scheduling.queue import AgingQueue
+from sagesched.scheduling.scheduler import INITIAL_POD_TIME_S, REKEY_DRIFT
 
 PROFILE = load_profile()
 POLY = CostModel(PROFILE).compute(500)
@@ -107,7 +108,7 @@ def _aged_order(short_arrives_at_share: float) -> list[str]:
     sched.submit(long, 0.0)
     probe = Scheduler("sagesched")
     probe.submit(short, 0.0)
-    crossing = math.log(long.rank / short.rank) / 0.01
+    crossing = math.log(long.rank / short.rank) / sched.aging_per_second
     late = _req("short", 10, short_arrives_at_share * crossing)
     sched.submit(late, late.arrival)
     return _drain(sched, late.arrival)
@@ -116,6 +117,20 @@ def _aged_order(short_arrives_at_share: float) -> list[str]:
 def test_aging_serves_a_long_job_first_once_it_waited_the_log_of_its_cost_ratio_over_the_rate() -> None:
     assert _aged_order(0.9) == ["short", "long"]
     assert _aged_order(1.1) == ["long", "short"]
+
+
+def test_aging_counts_waits_in_units_of_the_typical_time_on_a_pod() -> None:
+    sched = Scheduler("sjf-mean", Admission(engine_buffer=1, prefill_tokens=0), aging_rate=0.3)
+    assert sched.aging_per_second == pytest.approx(0.3 / INITIAL_POD_TIME_S)  # nothing finished yet
+    now = 0.0
+    for i in range(300):  # every request stays 2 s on its pod
+        sched.submit(_req(f"r{i}", 10, now), now)
+        (req, _), = sched.dispatch([_pod()], now)
+        sched.on_finish(req.request_id, now + 2.0)
+        now += 2.0
+    # T has converged on 2 s; the queues follow it within the re-key tolerance
+    assert sched.aging_per_second == pytest.approx(0.3 / 2.0, rel=REKEY_DRIFT)
+    assert sched.aging_per_second > 0.3 / INITIAL_POD_TIME_S * 3
 
 
 def test_aging_is_multiplicative_so_it_keeps_the_order_of_requests_that_waited_alike() -> None:
@@ -203,3 +218,14 @@ def test_a_resumed_request_goes_home_when_it_fits_there_and_elsewhere_when_not()
     full = PodView("home", ("m",), PROFILE, kv_usage=1.0 - 100 / PROFILE.kv_capacity_tokens)
     sched.submit(resumed, 0.0)  # 550 tokens do not fit in the 100 home has left
     assert [p.name for _, p in sched.dispatch([full, other], 0.0)] == ["other"]
+
+
+def test_rekeying_a_queue_reorders_what_waits_by_the_new_rate() -> None:
+    queue = AgingQueue(0.0)
+    old, new = _req("old-big", 10, 0.0), _req("new-small", 10, 100.0)
+    old.rank, new.rank = 4.0, 1.0
+    queue.push(old)
+    queue.push(new)
+    assert queue.peek() is new  # no aging: the cheaper first
+    queue.rekey(0.1)  # 100 s of waiting shrink the big one by e^-10: it goes first
+    assert [queue.pop(), queue.pop()] == [old, new]

@@ -24,13 +24,13 @@ PROFILE = load_profile("h100-llama3-8b").with_overrides(num_gpu_blocks=2000, max
 PINNED = {  # (policy, prompt tokens a pod may have waiting for prefill; 0: no prefill gate) -> digest
     ("llmd", 0): "883bcbbdfdd08c4b80255f2a",
     ("round-robin", 0): "e815f2cbf0c15b5e796a9214",
-    ("fcfs", 0): "e2d1e1f0f0f899e8235be2f0",
+    ("fcfs", 0): "51018f4d3cf0d7213971e937",
     ("fcfs:memgate", 0): "2346cb72f209a91e1cfebae3",
-    ("sagesched", 0): "4b519211e7505744b15f0d29",
-    ("trail", 0): "dc1bc41fef87fa5b92e751d8",
-    ("fastserve", 0): "e2d1e1f0f0f899e8235be2f0",
+    ("sagesched", 0): "7de863ca1243c11d1a51a02a",
+    ("trail", 0): "80ed2010684a72e935c6eb1f",
+    ("fastserve", 0): "51018f4d3cf0d7213971e937",
     ("oracle", 0): "316ac1af100242e7785ed475",
-    ("sagesched", 1024): "90298149b86e169b983f72f0",
+    ("sagesched", 1024): "3387af9138af185f0dca9936",
     ("fcfs", 1024): "e47f15e42ccd4c069ad04091",
 }
 
@@ -56,7 +56,7 @@ def digest(result: SimResult) -> str:
 
 def run_case(policy: str, prefill_tokens: int) -> SimResult:
     trace, workload = _workload()
-    config = SimConfig(pods=3, seed=0, aging_rate=0.012, admission_quantile=0.9, engine_buffer=4,
+    config = SimConfig(pods=3, seed=0, aging_rate=0.3, admission_quantile=0.9, engine_buffer=4,
                        prefill_tokens=prefill_tokens)
     return simulate(workload, PolicySpec.parse(policy), PROFILE, trace, trace, config)
 

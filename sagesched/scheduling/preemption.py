@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from sagesched.scheduling.types import SchedRequest
 
-DEFAULT_BUCKET_TOKENS = 100  # best of the sweep in bench/results/standard (the paper found 200)
+DEFAULT_BUCKET_TOKENS = 100  # bench/results/standard sweep: 50-800 all within seed noise (the paper found 200)
 
 
 @dataclass(frozen=True)

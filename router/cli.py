@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--predictor-deadline-ms", type=float, default=None, help="predictor deadline (default 5 ms)")
     p.add_argument("--max-body-bytes", type=int, default=None,
                    help="largest HTTP request body / gRPC message accepted (default 8 MiB; larger: 413)")
+    p.add_argument("--client-timeout", type=float, default=None,
+                   help="drop an HTTP client that sends no complete request (headers, then body) within "
+                        "this many seconds, or stays idle this long between requests (default 60)")
     p.add_argument("--admin-token", default=None,
                    help="token for the gRPC GetState admin call (env SAGESCHED_ADMIN_TOKEN; unset = call disabled)")
     p.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS and TLS gRPC (with --tls-key)")
@@ -96,7 +99,8 @@ def settings_from_args(args: argparse.Namespace):
         "max_queue_per_model": args.max_queue, "queue_timeout_s": args.queue_timeout,
         "scrape_interval_s": args.scrape_interval, "snapshot_max_age_s": args.stale_after,
         "predictor_address": args.predictor, "ext_proc_port": args.ext_proc_port,
-        "max_body_bytes": args.max_body_bytes, "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+        "max_body_bytes": args.max_body_bytes, "client_timeout_s": args.client_timeout,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key,
         "admin_token": args.admin_token or os.environ.get("SAGESCHED_ADMIN_TOKEN") or None,
         "upstream_api_key": args.upstream_api_key or os.environ.get("SAGESCHED_UPSTREAM_API_KEY") or None,
         "connect_timeout_s": args.connect_timeout, "first_byte_timeout_s": args.first_byte_timeout,

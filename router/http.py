@@ -29,11 +29,13 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     router = request.app[ROUTER_KEY]
     model = ""
     try:
-        body = parse_body(await request.read())
+        body = parse_body(await _read_body(request, router.settings.client_timeout_s))
         model = body.get("model") if isinstance(body.get("model"), str) else ""
         req = parse_request(api, body, router.now(), request.headers)
         response = await _serve(request, router, req)
     except RouterError as err:
+        if err.status == 408:
+            return await _hang_up(request, error_response(router, err, model))
         return error_response(router, err, model)
     except asyncio.CancelledError:
         router.metrics.errors.labels("cancelled").inc()
@@ -46,6 +48,27 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     except Exception as exc:
         return error_response(router, internal_error(f"{exc.__class__.__name__}: {exc}"), model)
     router.metrics.requests.labels(model, str(response.status)).inc()
+    return response
+
+
+async def _read_body(request: web.Request, timeout_s: float) -> bytes:
+    """The request body, if it all arrives within `timeout_s`. aiohttp's keep-alive timer drops a
+    client whose headers never complete, not one that trickles (or withholds) its body."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise RouterError(408, f"The request body did not arrive within {timeout_s:g}s.", kind="client_timeout",
+                          type="timeout_error", code="client_timeout") from None
+
+
+async def _hang_up(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection: with the body still unread, aiohttp would keep
+    it open `lingering_time` longer, waiting for bytes a slow client may never send."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport flushes the response before it closes
     return response
 
 
@@ -153,7 +176,10 @@ async def openai_errors(request: web.Request, handler):
 
 
 def build_app(router: Router) -> web.Application:
-    app = web.Application(middlewares=[openai_errors], client_max_size=router.settings.max_body_bytes)
+    # aiohttp's keep-alive timer runs from the connection's start and between requests, and closes a
+    # connection still short of complete request headers: the idle/slow-client bound.
+    app = web.Application(middlewares=[openai_errors], client_max_size=router.settings.max_body_bytes,
+                          handler_args={"keepalive_timeout": router.settings.client_timeout_s})
     app[ROUTER_KEY] = router
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)

@@ -37,7 +37,8 @@ HELP = {
     PREDICTOR_LATENCY: "Time the router waited for an output-length prediction.",
     PREDICTOR_FALLBACKS: "Predictions served by the history estimator because the predictor failed or was late.",
     POD_SNAPSHOT_AGE: "Age of the newest metrics snapshot of each pod.",
-    ERRORS: "Errors by kind (bad_request, unknown_model, queue_full, queue_timeout, no_pods, upstream, cancelled).",
+    ERRORS: ("Errors by kind (bad_request, unknown_model, not_found, queue_full, queue_timeout, no_pods, upstream, "
+             "upstream_connection, upstream_timeout, pod_refused, client_timeout, shutdown, internal, cancelled)."),
     REQUESTS: "Requests answered, by model and HTTP status code.",
     DECISION_LATENCY: "Duration of one scheduler dispatch pass.",
     DECISION: "Time from a request entering the scheduler until its dispatch to a pod (waiting for a free pod "

@@ -99,6 +99,10 @@ class RouterSettings:
     store_outage_grace_s: float = 300.0  # while the pod store is unreachable, serve the last view this long
     # Hostile input and access.
     max_body_bytes: int = 8 * 1024 * 1024  # HTTP request bodies and gRPC messages beyond this: 413 / INVALID
+    # An HTTP client that sends no complete request headers (on a new or an idle keep-alive
+    # connection), or no complete body, within this is dropped: otherwise idle and slow clients hold
+    # connections and handlers without bound. Responses, streams included, are not limited by it.
+    client_timeout_s: float = 60.0
     admin_token: str | None = None  # gRPC GetState needs `authorization: Bearer <token>`; None = GetState off
     tls_cert: str | None = None  # PEM files; both set = HTTPS and a TLS gRPC port
     tls_key: str | None = None

@@ -75,7 +75,7 @@ b.panel("Request rate by status code", "Requests answered per second, by model a
 b.panel("Error ratio", "Share of answered requests with a 4xx/5xx status, per model.",
         [(f'sum by (model) (rate(sagesched_requests_total{{{M}, code=~"[45].."}}[{RI}])) / sum by (model) (rate(sagesched_requests_total{{{M}}}[{RI}]))', "{{model}}")],
         "percentunit", minv=0)
-b.panel("Errors by kind", "Router errors per second: bad_request, unknown_model, queue_full, queue_timeout, no_pods, upstream, cancelled.",
+b.panel("Errors by kind", "Router errors per second, by kind (the router metric's help lists them: bad_request, queue_full, upstream, client_timeout, ...).",
         [(f'sum by (kind) (rate(sagesched_errors_total[{RI}]))', "{{kind}}")], "ops", w=24, stack=True)
 b.row("Latency per policy")
 for metric, title in (("sagesched_ttft_seconds", "Time to first token"), ("sagesched_ttlt_seconds", "Time to last token")):

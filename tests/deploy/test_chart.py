@@ -213,6 +213,33 @@ def test_router_config_file_is_valid_router_settings(render, tmp_path):
         assert settings.predictor_address == f"sagesched-predictor.{NAMESPACE}.svc:50061"
 
 
+@pytest.mark.parametrize("set_name", SETS)
+def test_router_drain_ends_before_kubernetes_kills_the_router(render, set_name, tmp_path):
+    from sagesched.router.settings import RouterSettings
+
+    router = [o for o in render(set_name).objects
+              if o["metadata"]["labels"].get("app.kubernetes.io/component") == "router"]
+    path = tmp_path / "router.yaml"
+    path.write_text(next(o for o in router if o["kind"] == "ConfigMap")["data"]["router.yaml"])
+    grace = RouterSettings.from_yaml(path).shutdown_grace_s
+    kill_after = next(o for o in router if o["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"]
+    assert 0 < grace <= kill_after - 10
+
+
+def test_router_drain_follows_the_termination_grace_period(chart):
+    rendered = chart.render({"router": {"terminationGracePeriodSeconds": 120}}, name="sagesched", namespace=NAMESPACE)
+    config = yaml.safe_load(next(text for path, text in rendered.items() if path.endswith("router-configmap.yaml")))
+    deployment = yaml.safe_load(next(text for path, text in rendered.items() if path.endswith("router-deployment.yaml")))
+    assert yaml.safe_load(config["data"]["router.yaml"])["shutdown_grace_s"] == 110
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+
+
+def test_render_fails_when_the_configured_drain_outlasts_the_grace_period(chart):
+    with pytest.raises(helm_python.HelmError, match="shutdown_grace_s"):
+        chart.render({"router": {"config": {"shutdown_grace_s": 30}}}, name="sagesched", namespace=NAMESPACE)
+
+
 # --- security -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("set_name", SETS)
@@ -449,6 +476,7 @@ BAD_VALUES = {
     "bad failure mode": {"gateway": {"inferencePool": {"failureMode": "Maybe"}}},
     "invalid namespace name": {"operator": {"watchNamespaces": ["Inference_Prod"]}},
     "bad scrape interval": {"metrics": {"serviceMonitor": {"interval": "fast"}}},
+    "no time left for a drain": {"router": {"terminationGracePeriodSeconds": 10}},
 }
 
 

@@ -44,6 +44,7 @@ class SaturatedCluster:
         self.sched = Scheduler(policy, Admission(engine_buffer=1, prefill_tokens=0),
                                preemption=preemptive if policy == "sagesched" else NO_PREEMPTION)
         self.pods = [PodView(f"pod-{k}", ("m",), profile) for k in range(pods)]
+        self.by_name = {p.name: p for p in self.pods}
         self.dists = [LengthDistribution.from_samples([int(self.rng.lognormvariate(5, 1)) + 1 for _ in range(50)])
                       for _ in range(16)]
         self.now, self.next_id = 0.0, 0
@@ -76,7 +77,7 @@ class SaturatedCluster:
         """One finish, one arrival, one dispatch; returns the released request."""
         done = self.running.pop(self.rng.randrange(len(self.running)))
         self.sched.on_finish(done.request_id, self.now)
-        pod = next(p for p in self.pods if p.name == done.pod)
+        pod = self.by_name[done.pod]
         pod.num_running -= 1
         self._arrive()
         (req, to), = self.sched.dispatch(self.pods, self.now)

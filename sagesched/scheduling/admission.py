@@ -27,18 +27,16 @@ from sagesched.scheduling.types import PodView
 @dataclass
 class PodLoad:
     """A pod's in-flight requests (ours), summed: expected remaining KV growth (tokens), its
-    variance, prompts not yet in the cache, and expected remaining cost (pod-seconds)."""
+    variance, and prompts not yet in the cache."""
 
     growth_mean: float = 0.0
     growth_var: float = 0.0
     pending_prompt: float = 0.0
-    work: float = 0.0
 
     def add(self, other: "PodLoad", sign: float = 1.0) -> None:
         self.growth_mean += sign * other.growth_mean
         self.growth_var += sign * other.growth_var
         self.pending_prompt += sign * other.pending_prompt
-        self.work += sign * other.work
 
 
 PREFILL_KNEES = 4.0

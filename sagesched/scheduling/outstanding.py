@@ -1,6 +1,6 @@
-"""What an in-flight request still has to do: remaining tokens (mean, variance) and remaining cost.
+"""What an in-flight request still has to do: remaining tokens (mean and variance).
 
-The admission check and the pod picker sum these over a pod's in-flight requests on every dispatch,
+The admission gates sum these over a pod's in-flight requests on every dispatch,
 so each request caches its numbers and recomputes them only when its attained length crosses the
 next step of a geometric ladder (~41% apart): conditioning moves slowly on a log grid, and a few
 percent of error in a remaining-work estimate does not change a decision.
@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from sagesched.distribution import LengthDistribution, LengthGrid
-from sagesched.scheduling.cost import CostPolynomial, capped_moments
+from sagesched.scheduling.cost import capped_moments
 from sagesched.scheduling.gittins import conditioned
 
 _LADDER = 2.0**0.5
@@ -53,18 +53,14 @@ def ladder_span(attained: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Remaining:
-    """Conditional totals given L > attained_snap: E[L], Var[L], E[cost(L)]."""
+    """Conditional totals given L > attained_snap: E[L], Var[L]."""
 
     attained_snap: int
     mean_len: float
     var_len: float
-    mean_cost: float
 
     def tokens(self, generated: int) -> float:
         return max(self.mean_len - generated, 0.0)
-
-    def cost(self, poly: CostPolynomial, generated: int) -> float:
-        return max(self.mean_cost - poly.spent(generated), 0.0)
 
 
 _moments: dict[tuple[int, int, int], tuple[LengthDistribution, float, float]] = {}
@@ -100,8 +96,8 @@ def _length_moments(dist: LengthDistribution, cap: int, s: int) -> tuple[float, 
     return hit[1], hit[2]
 
 
-def remaining(dist: LengthDistribution, poly: CostPolynomial, cap: int, generated: int) -> Remaining:
-    """Expected cost is linear in (E[L], E[L²]) — exact from the cached moments for any prompt."""
+def remaining(dist: LengthDistribution, cap: int, generated: int) -> Remaining:
+    """From the cached moments, shared by every request with the same distribution object."""
     s = snap(generated)
     m1, m2 = _length_moments(dist, cap, s)
-    return Remaining(s, m1, max(m2 - m1 * m1, 0.0), float(poly.expected(m1, m2)))
+    return Remaining(s, m1, max(m2 - m1 * m1, 0.0))

@@ -34,6 +34,7 @@ class Preemption:
 
 
 NO_PREEMPTION = Preemption(enabled=False)
+SWEEP_SLACK = 64  # stale candidate entries tolerated beyond the live count before a sweep
 UNBOUNDED = Preemption(min_gain=0.0, max_per_request=1 << 30)  # the oracle's SRPT
 
 
@@ -45,7 +46,9 @@ class Candidates:
     token, a dispatch that resumes it — and withdrawn by `withdraw` when it leaves its pod. Entries
     are never updated in place: a newer offer or a withdrawal makes the older entry stale, and
     `worst` drops stale ones as it meets them. A request not eligible now (decided on in its current
-    bucket, capped, not allowed by the policy) is dropped too; its next bucket offers it again.
+    bucket, capped, not allowed by the policy) is dropped too; its next bucket offers it again. When
+    nothing asks for a victim for long (no contention), stale entries are swept out once they
+    outnumber the live ones, so the heap stays within twice the running requests.
     """
 
     def __init__(self) -> None:
@@ -57,6 +60,14 @@ class Candidates:
         seq = next(self._seq)
         self._latest[req.request_id] = seq
         heapq.heappush(self._heap, (-req.priority, -key, seq, req))
+        if len(self._heap) > 2 * len(self._latest) + SWEEP_SLACK:
+            latest = self._latest
+            self._heap = [e for e in self._heap if latest.get(e[3].request_id) == e[2]]
+            heapq.heapify(self._heap)
+
+    def __len__(self) -> int:
+        """Entries held, stale ones included."""
+        return len(self._heap)
 
     def withdraw(self, request_id: str) -> None:
         self._latest.pop(request_id, None)

@@ -38,7 +38,7 @@ REKEY_DRIFT = 0.25  # re-key the queues when T has moved this much since they we
 class _InFlight:
     req: SchedRequest
     pod: str
-    poly: CostPolynomial  # frozen at dispatch so contributions subtract exactly
+    poly: CostPolynomial  # frozen at dispatch: refreshed ranks use the cost it was dispatched on
     contribution: PodLoad
     span: tuple[int, int]  # attained counts sharing the ladder step `contribution` was computed at
     start: int  # tokens generated before this dispatch (a resumed request's earlier run)
@@ -96,7 +96,7 @@ class Scheduler:
             self._rerank(req, self._poly(req))
         queue = self._queues.get(req.model)
         if queue is None:
-            queue = self._queues[req.model] = AgingQueue(self._per_second_rate() if self.policy.central_queue else 0.0)
+            queue = self._queues[req.model] = AgingQueue(self.aging_per_second if self.policy.central_queue else 0.0)
         queue.push(req)
 
     def _poly(self, req: SchedRequest) -> CostPolynomial:
@@ -146,7 +146,7 @@ class Scheduler:
         (handed on to `_assign`, so they are computed once)."""
         candidates = [p for p in pods if eligible_for(req, p)]
         poly = self._poly(req)
-        new = self._contribution(req, poly)
+        new = self._contribution(req)
         if self.policy.central_queue:
             admission, loads = self.admission, self._load  # bound once: this runs for every pod
             candidates = [
@@ -155,32 +155,15 @@ class Scheduler:
             ]
         if not candidates:
             return None
-        ctx = PickContext(work=self._work, cost_on=self._cost_on(req, new), free_kv=self._free_kv, tick=self._tick)
+        ctx = PickContext(free_kv=self._free_kv, tick=self._tick)
         self._tick += 1
         return self.policy.choose(req, candidates, ctx), poly, new
-
-    def _cost_on(self, req: SchedRequest, new: PodLoad):
-        """The request's expected cost per pod: a resumed request costs its recompute everywhere
-        but on the pod whose prefix cache still holds it."""
-        if req.resume_pod is None:
-            return lambda _p: new.work
-        recompute = self._cost.compute(req.prompt_tokens + req.generated).c0
-        home = req.resume_pod
-        return lambda p: new.work + (0.0 if p.name == home else recompute)
 
     def _free_kv(self, pod: PodView) -> float:
         """Free KV share as reported, less the prompts we sent that the engine has not taken in yet
         (reports lag dispatches)."""
         pending = self._load.get(pod.name, _NO_LOAD).pending_prompt
         return 1.0 - pod.kv_usage - pending / pod.profile.kv_capacity_tokens
-
-    def _work(self, pod: PodView) -> float:
-        """Expected outstanding pod-seconds: ours, plus requests the engine reports that we did
-        not send (other router replicas), each counted at our average."""
-        load = self._load.get(pod.name, _NO_LOAD)
-        ours = len(pod.inflight)
-        others = max(pod.num_running + pod.num_waiting - ours, 0)
-        return load.work + (others * load.work / ours if ours else 0.0)
 
     def _assign(
         self, req: SchedRequest, queue: AgingQueue, now: float, pod: PodView, poly: CostPolynomial,
@@ -237,7 +220,7 @@ class Scheduler:
         self._preempted.append((victim, pod.name))
         self.preemptions += 1
         poly = self._poly(head)
-        return (pod, poly, self._contribution(head, poly)), victim
+        return (pod, poly, self._contribution(head)), victim
 
     def take_preemptions(self) -> list[tuple[SchedRequest, str]]:
         """(request, pod) pairs to end on their pods now; each is queued again already and resumes
@@ -252,16 +235,15 @@ class Scheduler:
             load = self._load[pod_name] = PodLoad()
         return load
 
-    def _contribution(self, req: SchedRequest, poly: CostPolynomial, prefilled: bool = False) -> PodLoad:
-        """Expected remaining KV growth and work; until its first token of this run, the prompt
-        (with what an earlier run generated: a resume recomputes it) waits for prefill."""
+    def _contribution(self, req: SchedRequest, prefilled: bool = False) -> PodLoad:
+        """Expected remaining KV growth; until its first token of this run, the prompt (with what
+        an earlier run generated: a resume recomputes it) waits for prefill."""
         g = req.generated
-        rem = remaining(self.policy.distribution_for(req), poly, req.output_cap, g)
+        rem = remaining(self.policy.distribution_for(req), req.output_cap, g)
         return PodLoad(
             growth_mean=rem.tokens(g),
             growth_var=rem.var_len,
             pending_prompt=0.0 if prefilled else float(req.prompt_tokens + g),
-            work=rem.cost(poly, g),
         )
 
     def on_progress(self, request_id: str, generated: int) -> None:
@@ -287,7 +269,7 @@ class Scheduler:
     def _refresh(self, entry: _InFlight) -> None:
         load = self._load_of(entry.pod)
         load.add(entry.contribution, -1.0)
-        entry.contribution = self._contribution(entry.req, entry.poly, entry.req.generated > entry.start)
+        entry.contribution = self._contribution(entry.req, entry.req.generated > entry.start)
         entry.span = ladder_span(entry.req.generated)
         load.add(entry.contribution)
 
@@ -318,9 +300,6 @@ class Scheduler:
     @property
     def aging_per_second(self) -> float:
         """The rate the queues age at now (per second of waiting)."""
-        return self._per_second_rate()
-
-    def _per_second_rate(self) -> float:
         return self.aging_rate / self._keyed_pod_time
 
     def _observe_pod_time(self, seconds: float) -> None:
@@ -331,7 +310,7 @@ class Scheduler:
         if self.aging_rate <= 0 or abs(self._pod_time / self._keyed_pod_time - 1.0) < REKEY_DRIFT:
             return
         self._keyed_pod_time = self._pod_time
-        rate = self._per_second_rate()
+        rate = self.aging_per_second
         for queue in self._queues.values():
             if queue.aging_rate > 0:
                 queue.rekey(rate)

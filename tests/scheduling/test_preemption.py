@@ -156,3 +156,15 @@ def test_candidates_give_the_worst_live_eligible_request_and_drop_stale_entries(
     assert cands.worst(anywhere, always, settings) is reqs["b"]
     assert cands.worst(anywhere, lambda r: r is not reqs["b"], settings) is None  # b decided on this bucket
     assert cands.worst(anywhere, always, settings) is None  # ... and not offered again until re-ranked
+
+
+def test_candidates_stay_bounded_when_no_victim_is_ever_asked_for() -> None:
+    from sagesched.scheduling.preemption import SWEEP_SLACK, Candidates
+
+    cands = Candidates()
+    running = [SchedRequest(f"r{i}", "m", 10, 0.0, D.point(10), generated=1, pod="p0") for i in range(10)]
+    for bucket in range(1000):  # every request re-offered at each of its buckets, nobody preempts
+        for req in running:
+            cands.offer(req, float(bucket))
+    assert len(cands) <= 2 * len(running) + SWEEP_SLACK + 1
+    assert cands.worst(lambda r: True, lambda r: True, Preemption()) in running

@@ -20,13 +20,9 @@ from sagesched.scheduling.types import PodView, SchedRequest
 
 @dataclass
 class PickContext:
-    """What the Scheduler lends a policy for one pick: expected outstanding work per pod (pod-seconds
-    of its in-flight requests, conditioned on tokens streamed), the request's expected cost on a pod,
-    the share of a pod's KV still free once the prompts we sent it are in, and a counter for
-    round-robin tie-breaking."""
+    """What the Scheduler lends a policy for one pick: the share of a pod's KV still free once the
+    prompts we sent it are in, and a counter for round-robin tie-breaking."""
 
-    work: Callable[[PodView], float]
-    cost_on: Callable[[PodView], float]
     free_kv: Callable[[PodView], float]
     tick: int
 

@@ -91,11 +91,14 @@ async def test_a_pod_that_hangs_during_a_non_streaming_request_fails_it(make_rou
         pod.kill()
 
 
+MAX_HELD_CONNECTIONS = 5000  # above any listen backlog here (somaxconn is 4096 on this machine)
+
+
 def fill_accept_queue(port: int) -> list[socket.socket]:
     """Connections to a paused server until its accept queue is full: the next connect then gets no
     answer at all, as with a host that vanished."""
     held = []
-    while True:
+    for _ in range(MAX_HELD_CONNECTIONS):
         sock = socket.socket()
         sock.setblocking(False)
         sock.connect_ex(("127.0.0.1", port))
@@ -104,6 +107,9 @@ def fill_accept_queue(port: int) -> list[socket.socket]:
         poll.register(sock, select.POLLOUT)
         if not poll.poll(200):  # not connected: the queue is full
             return held
+    for sock in held:
+        sock.close()
+    raise AssertionError(f"the paused server still accepted after {MAX_HELD_CONNECTIONS} connections")
 
 
 async def test_a_connect_timeout_is_retried_on_another_pod(make_router):

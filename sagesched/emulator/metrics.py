@@ -56,6 +56,10 @@ class _EngineState(Collector):
                             c.generation_tokens)
         yield self._counter(names.VLLM_PREEMPTIONS, "Cumulative number of preemption from the engine.",
                             c.preemptions)
+        yield self._counter(names.VLLM_PREFIX_CACHE_QUERIES,
+                            "Prefix cache queries, in terms of number of queried tokens.", e.kv.queried_tokens)
+        yield self._counter(names.VLLM_PREFIX_CACHE_HITS, "Prefix cache hits, in terms of number of cached tokens.",
+                            e.kv.hit_tokens)
         success = CounterMetricFamily(names.VLLM_REQUEST_SUCCESS, "Count of successfully processed requests.",
                                       labels=["model_name", "finished_reason"])
         for reason in (FinishReason.STOP, FinishReason.LENGTH, FinishReason.ABORT):
@@ -74,6 +78,10 @@ class _EngineState(Collector):
         yield self._counter(names.SGLANG_PROMPT_TOKENS, "Number of prefill tokens processed.", c.prompt_tokens)
         yield self._counter(names.SGLANG_GENERATION_TOKENS, "Number of generation tokens processed.",
                             c.generation_tokens)
+        # SGLang's rate covers its recent prefill batches; the emulator's, everything since start
+        queried = e.kv.queried_tokens
+        yield self._gauge(names.SGLANG_CACHE_HIT_RATE, "The prefix cache hit rate.",
+                          e.kv.hit_tokens / queried if queried else 0.0)
 
 
 class PodMetrics:

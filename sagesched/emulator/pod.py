@@ -25,7 +25,7 @@ from sagesched.http_serve import serve_app
 
 from .metrics import PodMetrics
 from .protocol import APIError, ParsedRequest, ResponseShape, check_context, models_body, parse_request, usage
-from .text import token_text
+from .text import generated_text, token_text
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,8 @@ class EmulatedPod:
             self.engine.idle_until(emulated_now)
         self._next_id += 1
         req = EngineRequest(f"req-{self._next_id}", parsed.prompt_tokens, self._output_length(parsed),
-                            parsed.max_tokens, parsed.priority, arrival=min(emulated_now, self.engine.now))
+                            parsed.max_tokens, parsed.priority, arrival=min(emulated_now, self.engine.now),
+                            cache_key=parsed.cache_key, previously_computed=parsed.previously_computed)
         self.engine.add_request(req)
         stream = self._streams[req.request_id] = _Stream(req)
         self._idle.clear()
@@ -240,7 +241,7 @@ class EmulatedPod:
         while not stream.done:
             await stream.ready.wait()
             stream.ready.clear()
-        text = "".join(token_text(i) for i in range(stream.delivered))
+        text = generated_text(stream.delivered, first=parsed.continued)
         shape = ResponseShape(parsed.chat, parsed.model)
         body = shape.full(text, stream.req.finish_reason, usage(parsed.prompt_tokens, stream.delivered))
         return web.json_response(body)
@@ -258,7 +259,8 @@ class EmulatedPod:
             chunks = []
             for i in range(sent, stream.delivered):
                 last = stream.done and i == stream.delivered - 1
-                chunks.append(_sse(shape.chunk(token_text(i), stream.req.finish_reason if last else None)))
+                text = token_text(parsed.continued + i)
+                chunks.append(_sse(shape.chunk(text, stream.req.finish_reason if last else None)))
             sent = stream.delivered
             await response.write(b"".join(chunks))
         if parsed.include_usage:

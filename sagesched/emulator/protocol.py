@@ -4,11 +4,21 @@ Kept free of aiohttp and of the engine so shapes can be read (and checked) in on
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from dataclasses import dataclass
 
-from .text import count_chat_tokens, count_text_tokens
+from .text import count_chat_tokens, count_text_tokens, split_generated
+
+# vLLM's own check (a request validator) when both are given; transformers' chat template raises
+# the second when `add_generation_prompt` is left at its default
+BOTH_PROMPT_FLAGS = "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+CONTINUE_WITH_DEFAULT_PROMPT = (
+    "continue_final_message and add_generation_prompt are not compatible. Use continue_final_message "
+    "when you want the model to continue the final message, and add_generation_prompt when you want "
+    "to add a header that will prompt it to start a new assistant message instead.")
 
 
 class APIError(Exception):
@@ -32,12 +42,39 @@ class ParsedRequest:
     chat: bool
     model: str
     prompt_tokens: int
+    cache_key: str  # prefix-cache identity: a continuation shares its original's
+    continued: int  # generated tokens its prompt ends with (> 0: a continuation)
     max_tokens: int | None
     min_tokens: int
     ignore_eos: bool
     priority: int
     stream: bool
     include_usage: bool
+
+    @property
+    def previously_computed(self) -> int:
+        """Prompt tokens an earlier run had computed: a continuation's original computed all of it
+        but the last token, which it would have computed at its next step anyway."""
+        return self.prompt_tokens - 1 if self.continued else 0
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    tokens: int
+    cache_key: str
+    continued: int = 0
+
+
+def _cache_key(*root: object) -> str:
+    """A stable hash of what a request's prompt starts with (its root): equal roots, equal keys."""
+    return hashlib.blake2b(json.dumps(root, separators=(",", ":")).encode(), digest_size=16).hexdigest()
+
+
+def _bool_field(body: dict, name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise APIError(400, f"{name} must be a boolean", param=name)
+    return value
 
 
 def _int_field(body: dict, name: str, default: int | None, minimum: int) -> int | None:
@@ -51,7 +88,7 @@ def _int_field(body: dict, name: str, default: int | None, minimum: int) -> int 
     return value
 
 
-def _prompt_tokens(prompt: object) -> int:
+def _completion_prompt(prompt: object) -> _Prompt:
     """Completions `prompt`: text, token ids, or a one-element batch of either."""
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
@@ -59,9 +96,10 @@ def _prompt_tokens(prompt: object) -> int:
         tokens = count_text_tokens(prompt)
         if tokens == 0:  # vLLM's check for a tokenizer that adds no BOS
             raise APIError(400, "The decoder prompt cannot be empty", param="prompt")
-        return tokens
+        root, continued = split_generated(prompt)
+        return _Prompt(tokens, _cache_key("text", root), continued)
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-        return len(prompt)
+        return _Prompt(len(prompt), _cache_key("ids", prompt))
     raise APIError(400, "prompt must be a string, a list of token ids, or a one-element list of either"
                    " (the emulator does not batch prompts)", param="prompt")
 
@@ -77,10 +115,32 @@ def _message_text(message: object) -> str:
     return content
 
 
-def _chat_prompt_tokens(messages: object) -> int:
+def _prompt_flags(body: dict) -> tuple[bool, bool]:
+    """(continue_final_message, add_generation_prompt): the final message is continued open-ended,
+    or a new reply is primed after it; never both, as vLLM refuses."""
+    continue_final = _bool_field(body, "continue_final_message", False)
+    generation_prompt = _bool_field(body, "add_generation_prompt", True)
+    if continue_final and generation_prompt:
+        raise APIError(400, BOTH_PROMPT_FLAGS if "add_generation_prompt" in body else CONTINUE_WITH_DEFAULT_PROMPT)
+    return continue_final, generation_prompt
+
+
+def _chat_prompt(body: dict) -> _Prompt:
+    """The rendered chat: closed messages, then an open one (the generation prompt, an empty
+    assistant message, or the continued final message, whose generated tail is not its root)."""
+    messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "messages must be a non-empty list", param="messages")
-    return count_chat_tokens([_message_text(m) for m in messages])
+    contents = [_message_text(m) for m in messages]  # validates each message before its role is read
+    closed = [[m["role"], c] for m, c in zip(messages, contents)]
+    continue_final, generation_prompt = _prompt_flags(body)
+    if continue_final:
+        role, open_content = closed.pop()
+    else:
+        role, open_content = "assistant", "" if generation_prompt else None
+    tokens = count_chat_tokens([c for _, c in closed], open_content)
+    root, continued = split_generated(open_content) if open_content else (open_content, 0)
+    return _Prompt(tokens, _cache_key("chat", closed, role, root), continued)
 
 
 def parse_request(body: object, chat: bool) -> ParsedRequest:
@@ -91,7 +151,7 @@ def parse_request(body: object, chat: bool) -> ParsedRequest:
         raise APIError(400, "model is required", param="model")
     if _int_field(body, "n", 1, 1) not in (None, 1):  # null is "not given", as in vLLM
         raise APIError(400, "the emulator supports n=1 only", param="n")
-    prompt = _chat_prompt_tokens(body.get("messages")) if chat else _prompt_tokens(body.get("prompt"))
+    prompt = _chat_prompt(body) if chat else _completion_prompt(body.get("prompt"))
     max_tokens = _int_field(body, "max_tokens", None, 1)
     if chat and body.get("max_completion_tokens") is not None:
         max_tokens = _int_field(body, "max_completion_tokens", None, 1)
@@ -101,7 +161,8 @@ def parse_request(body: object, chat: bool) -> ParsedRequest:
                        param="min_tokens")
     stream_options = body.get("stream_options") or {}
     return ParsedRequest(
-        chat=chat, model=body["model"], prompt_tokens=prompt, max_tokens=max_tokens,
+        chat=chat, model=body["model"], prompt_tokens=prompt.tokens, cache_key=prompt.cache_key,
+        continued=prompt.continued, max_tokens=max_tokens,
         min_tokens=min_tokens, ignore_eos=bool(body.get("ignore_eos", False)),
         priority=_int_field(body, "priority", 0, -(2**31)) or 0, stream=bool(body.get("stream", False)),
         include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),

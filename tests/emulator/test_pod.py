@@ -7,31 +7,12 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-from openai import AsyncOpenAI
-from prometheus_client.parser import text_string_to_metric_families
 
 from sagesched import engine_metrics as names
 from sagesched.emulator import EmulatedPod, PodConfig, running_pods
 from sagesched.engine import load_profile
 
-MODEL = "llama-3-8b"
-FAST = PodConfig(time_scale=0.001, output_median=12, output_sigma=0.5)
-
-
-@pytest.fixture
-async def pod():
-    async with EmulatedPod(FAST) as pod:
-        yield pod
-
-
-def client(pod: EmulatedPod) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=pod.base_url + "/v1", api_key="unused", max_retries=0)
-
-
-async def scrape(pod: EmulatedPod) -> dict[str, list]:
-    async with aiohttp.ClientSession() as session, session.get(pod.base_url + "/metrics") as resp:
-        text = await resp.text()
-    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+from .conftest import FAST, MODEL, client, scrape
 
 
 async def test_chat_completion_returns_the_forced_length_and_its_usage(pod):

@@ -24,7 +24,7 @@ from sagesched.operator import metrics as m
 from sagesched.operator.scraper import (PodInfo, ScrapeResult, Target, make_session, scrape_all,
                                         snapshots_from, target_for)
 from sagesched.operator.settings import OperatorSettings
-from sagesched.operator.spec import InvalidSpec, LabelSelector, PolicySpec, parse_spec, pool_selector
+from sagesched.operator.spec import InvalidSpec, PodSource, PolicySpec, parse_spec, pool_source
 from sagesched.state.pod_store import PodSnapshotStore, open_store, policy_key
 
 GROUP, VERSION, PLURAL = "sagesched.io", "v1alpha1", "sageschedpolicies"
@@ -32,6 +32,7 @@ POLICY = (GROUP, VERSION, PLURAL)
 POOLS = "inferencepools.inference.networking.k8s.io"
 STATUS_TICK_SECONDS = 1.0  # how often the status timer looks; settings bound how often it writes
 INVALID_SPEC_RECHECK_SECONDS = 1.0
+CONDITIONS = ("Ready", "Degraded", "InvalidSpec")  # the status's condition types, in display order
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class OperatorContext:
     store: PodSnapshotStore | None = None
     owns_store: bool = False
     session: Any = None
-    pools: dict[tuple[str, str], LabelSelector] = field(default_factory=dict)
+    pools: dict[tuple[str, str], PodSource] = field(default_factory=dict)
     policies: dict[tuple[str, str], PolicyState] = field(default_factory=dict)
 
 
@@ -68,17 +69,17 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def merge_conditions(existing: list[dict] | None, updates: list[dict]) -> list[dict]:
-    """Conditions by type; lastTransitionTime moves only when a condition's status changes."""
+def merge_conditions(existing: list[dict] | None, updates: list[dict], generation: int | None) -> list[dict]:
+    """Conditions by type, each stamped with the spec generation it judged; lastTransitionTime
+    moves only when a condition's status changes."""
     by_type = {c["type"]: dict(c) for c in existing or [] if "type" in c}
     for upd in updates:
         old = by_type.get(upd["type"])
-        new = dict(upd)
+        new = dict(upd, observedGeneration=generation)
         new["lastTransitionTime"] = (old["lastTransitionTime"] if old and old.get("status") == new["status"]
                                      and old.get("lastTransitionTime") else _now_iso())
         by_type[upd["type"]] = new
-    order = {"Ready": 0, "Degraded": 1, "InvalidSpec": 2}
-    return sorted(by_type.values(), key=lambda c: order.get(c["type"], 9))
+    return sorted(by_type.values(), key=lambda c: CONDITIONS.index(c["type"]) if c["type"] in CONDITIONS else 9)
 
 
 def _cond(type_: str, ok: bool, reason: str, message: str = "") -> dict:
@@ -102,6 +103,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO
     settings.peering.mandatory = not ctx.settings.standalone
     settings.peering.priority = ctx.settings.priority
+    # Namespaced (exact names, namespaced RBAC): no namespace or CRD scanning. With it, kopf lists
+    # namespaces, is forbidden, and retries through its error backoffs (54 s) before it starts;
+    # the cost is that CRDs installed after the start (InferencePool) are seen on restart only.
+    settings.scanning.disabled = not ctx.settings.all_namespaces
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
     if ctx.store is None:
@@ -139,16 +144,25 @@ def track_pool(event: dict, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if event.get("type") == "DELETED":
         ctx.pools.pop(key, None)
     else:
-        ctx.pools[key] = pool_selector(body)
+        ctx.pools[key] = pool_source(body)
 
 
-def select_pods(ctx: OperatorContext, pods: Any, namespace: str, spec: PolicySpec) -> list[PodInfo]:
-    selector = spec.pod_selector
-    if selector is None:
-        selector = ctx.pools.get((namespace, spec.inference_pool or ""))
-        if selector is None:
-            return []
-    return sorted((p for p in pods.get(namespace, ()) if selector.matches(p.labels)), key=lambda p: p.name)
+def select_pods(ctx: OperatorContext, pods: Any, namespace: str, spec: PolicySpec) -> tuple[list[PodInfo], tuple[int, ...]]:
+    """The selected pods, sorted, and the InferencePool's targetPorts (empty: the spec's ports)."""
+    source = PodSource(spec.pod_selector) if spec.pod_selector else ctx.pools.get((namespace, spec.inference_pool or ""))
+    if source is None:
+        return [], ()
+    selected = sorted((p for p in pods.get(namespace, ()) if source.selector.matches(p.labels)), key=lambda p: p.name)
+    return selected, source.ports
+
+
+def targets_for(pods: list[PodInfo], spec: PolicySpec, pool_ports: tuple[int, ...]) -> dict[str, Target]:
+    """One endpoint per ready pod and engine port, named by the pod (and the port, when a pod has several)."""
+    ports = spec.endpoint_ports(pool_ports)
+    targets = [target_for(p, serving_port=serving, metrics_port=metrics, metrics_path=spec.metrics_path,
+                          name=p.name if len(ports) == 1 else f"{p.name}:{serving}")
+               for p in pods if p.scrapeable for serving, metrics in ports]
+    return {t.name: t for t in targets}
 
 
 # ---------------------------------------------------------------- the policy
@@ -168,7 +182,7 @@ def validate(spec: kopf.Spec, meta: kopf.Meta, status: kopf.Status, body: kopf.B
         kopf.warn(body, reason="InvalidSpec", message=exc.message)
         raise kopf.PermanentError(f"{exc.reason}: {exc.message}")
     patch.status["conditions"] = merge_conditions(status.get("conditions"), [
-        _cond("InvalidSpec", False, "Valid")])
+        _cond("InvalidSpec", False, "Valid")], generation)
     patch.status["observedGeneration"] = generation
     if reason != "resume":  # resuming after a restart is not news
         kopf.info(body, reason="Accepted", message=f"policy {spec.get('policy', {}).get('name')} accepted")
@@ -195,10 +209,9 @@ async def scrape_pods(name: str, namespace: str, body: kopf.Body, status: kopf.S
             await stopped.wait(INVALID_SPEC_RECHECK_SECONDS)
             continue
         state.invalid = False
-        pods = select_pods(ctx, pod_index, namespace, spec)
+        pods, pool_ports = select_pods(ctx, pod_index, namespace, spec)
         state.selected = len(pods)
-        targets = {p.name: target_for(p, serving_port=spec.serving_port, metrics_port=spec.metrics_port,
-                                      metrics_path=spec.metrics_path) for p in pods if p.scrapeable}
+        targets = targets_for(pods, spec, pool_ports)
         await _retarget(ctx, state, body, pkey, targets, announce=True)
         if ctx.session.closed:  # the operator is shutting down
             break
@@ -208,7 +221,8 @@ async def scrape_pods(name: str, namespace: str, body: kopf.Body, status: kopf.S
         for r in results:
             if r.metrics is not None:
                 state.last_ok[r.target.name] = r.scraped_at
-        await _publish(ctx, state, snapshots_from(results, policy=name, models=spec.models), spec, logger)
+        snapshots = snapshots_from(results, policy=name, models=spec.models, scheduling=spec.scheduling)
+        await _publish(ctx, state, snapshots, spec, logger)
         m.PODS_TRACKED.labels(namespace, name).set(len(targets))
         await stopped.wait(max(0.0, spec.scrape_interval - (loop.time() - started)))
     if stopped.reason and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
@@ -253,10 +267,12 @@ async def _publish(ctx: OperatorContext, state: PolicyState, snapshots: list, sp
 
 async def _forget(ctx: OperatorContext, namespace: str, name: str) -> None:
     ctx.policies.pop((namespace, name), None)
-    try:
-        m.PODS_TRACKED.remove(namespace, name)
-    except KeyError:
-        pass
+    for gauge, labels in [(m.PODS_TRACKED, (namespace, name)),
+                          *((m.POLICY_CONDITION, (namespace, name, c)) for c in CONDITIONS)]:
+        try:
+            gauge.remove(*labels)
+        except KeyError:
+            pass
     if ctx.store is not None:
         await ctx.store.delete(policy_key(namespace, name))
 
@@ -306,7 +322,7 @@ def summarize(state: PolicyState, now: float) -> tuple[dict, list[dict]]:
 
 def _essence(summary: dict, conds: list[dict]) -> tuple:
     """What must reach the status at once; ages and gauges may wait for the next periodic write."""
-    return (summary["readyPods"], tuple(p["name"] for p in summary["pods"]),
+    return (summary["readyPods"], summary.get("observedGeneration"), tuple(p["name"] for p in summary["pods"]),
             tuple((c["type"], c["status"], c["reason"]) for c in conds))
 
 
@@ -318,16 +334,18 @@ def report_status(name: str, namespace: str, body: kopf.Body, status: kopf.Statu
     if state is None:
         return
     now = time.time()
+    generation = body.meta.get("generation")
     try:
         parse_spec(body.get("spec") or {})
     except InvalidSpec as exc:
-        summary = {"readyPods": 0, "pods": [], "observedGeneration": body.meta.get("generation")}
+        summary = {"readyPods": 0, "pods": []}
         conds = [_cond("Ready", False, "InvalidSpec", exc.message), _cond("Degraded", False, "InvalidSpec"),
                  _cond("InvalidSpec", True, exc.reason, exc.message)]
     else:
         if state.invalid or not state.scraped:
             return
         summary, conds = summarize(state, now)
+    summary["observedGeneration"] = generation
     changed = state.last_status is None or _essence(*state.last_status) != _essence(summary, conds)
     if not changed and now - state.last_status_write < ctx.settings.status_interval_seconds:
         return
@@ -338,7 +356,9 @@ def report_status(name: str, namespace: str, body: kopf.Body, status: kopf.Statu
     elif was_degraded and not _is_true(conds, "Degraded"):
         kopf.info(body, reason="Recovered", message="all selected pods are scraped")
     patch.status.update(summary)
-    patch.status["conditions"] = merge_conditions(status.get("conditions"), conds)
+    patch.status["conditions"] = merge_conditions(status.get("conditions"), conds, generation)
+    for c in conds:
+        m.POLICY_CONDITION.labels(namespace, name, c["type"]).set(c["status"] == "True")
     state.last_status = (summary, conds)
     state.last_status_write = now
     m.STATUS_UPDATES.inc()

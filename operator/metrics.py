@@ -31,3 +31,8 @@ STATUS_UPDATES = Counter(
     "SageSchedPolicy status patches sent to the API server.",
     registry=REGISTRY,
 )
+POLICY_CONDITION = Gauge(
+    "sagesched_operator_policy_condition",
+    "1 while a SageSchedPolicy's status condition (Ready, Degraded, InvalidSpec) is True, else 0.",
+    ["namespace", "policy", "condition"], registry=REGISTRY,
+)

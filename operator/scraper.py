@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -62,10 +62,11 @@ class ScrapeResult:
     latency: float
 
 
-def target_for(pod: PodInfo, *, serving_port: int, metrics_port: int, metrics_path: str) -> Target:
+def target_for(pod: PodInfo, *, serving_port: int, metrics_port: int, metrics_path: str,
+               name: str | None = None) -> Target:
     assert pod.ip is not None
     host = f"[{pod.ip}]" if ":" in pod.ip else pod.ip  # IPv6 pod IPs
-    return Target(pod.name, pod.namespace, f"{host}:{serving_port}",
+    return Target(name or pod.name, pod.namespace, f"{host}:{serving_port}",
                   f"http://{host}:{metrics_port}{metrics_path}")
 
 
@@ -99,13 +100,13 @@ async def scrape_all(session: aiohttp.ClientSession, targets: Iterable[Target], 
                                        for t in targets)))
 
 
-def snapshots_from(results: Iterable[ScrapeResult], *, policy: str,
-                   models: Iterable[str] = ()) -> list[PodSnapshot]:
+def snapshots_from(results: Iterable[ScrapeResult], *, policy: str, models: Iterable[str] = (),
+                   scheduling: str = "fcfs") -> list[PodSnapshot]:
     """Snapshots for the successful scrapes; failed pods get none, so theirs expire by TTL."""
     models = list(models)
-    return [r.metrics.to_snapshot(name=r.target.name, address=r.target.address,
-                                  namespace=r.target.namespace, policy=policy,
-                                  scraped_at=r.scraped_at, models=models)
+    return [replace(r.metrics.to_snapshot(name=r.target.name, address=r.target.address,
+                                          namespace=r.target.namespace, policy=policy,
+                                          scraped_at=r.scraped_at, models=models), scheduling=scheduling)
             for r in results if r.metrics is not None]
 
 

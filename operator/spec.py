@@ -13,6 +13,8 @@ from typing import Any
 
 POLICY_NAMES = ("sagesched", "fcfs", "sjf-mean", "round-robin", "least-requests", "llmd", "oracle")
 ENGINES = ("vllm", "sglang", "auto")
+SCHEDULING = ("fcfs", "priority")
+DEFAULT_PORT = 8000
 MIN_SCRAPE_INTERVAL = 0.05
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
@@ -68,13 +70,23 @@ class LabelSelector:
 
 
 @dataclass(frozen=True)
+class PodSource:
+    """Which pods, and the ports their engines serve on: an InferencePool's selector and targetPorts
+    (empty for a policy's own podSelector, whose ports come from the spec)."""
+
+    selector: LabelSelector
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     policy_name: str
     pod_selector: LabelSelector | None = None
     inference_pool: str | None = None
     engine: str = "auto"
-    serving_port: int = 8000
-    metrics_port: int = 8000
+    scheduling: str = "fcfs"  # the engines' queue order: "priority" = they take our priority field
+    serving_port: int | None = None  # None: the metrics port (vLLM serves /metrics on its API port)
+    metrics_port: int | None = None  # None: the serving port
     metrics_path: str = "/metrics"
     models: tuple[str, ...] = ()
     scrape_interval: float = 0.2
@@ -82,6 +94,12 @@ class PolicySpec:
     snapshot_ttl: float = 5.0
     policy: Mapping[str, Any] = field(default_factory=dict)
     predictor: Mapping[str, Any] = field(default_factory=dict)
+
+    def endpoint_ports(self, pool_ports: tuple[int, ...] = ()) -> list[tuple[int, int]]:
+        """(serving, metrics) port of each engine on a pod. An InferencePool's targetPorts are one
+        engine each (data-parallel ranks), serving its own /metrics unless metricsPort is set."""
+        serving = pool_ports or (self.serving_port or self.metrics_port or DEFAULT_PORT,)
+        return [(port, self.metrics_port or port) for port in serving]
 
 
 def parse_spec(spec: Mapping[str, Any]) -> PolicySpec:
@@ -106,6 +124,9 @@ def parse_spec(spec: Mapping[str, Any]) -> PolicySpec:
     engine = spec.get("engine", "auto")
     if engine not in ENGINES:
         raise InvalidSpec("UnknownEngine", f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    scheduling = spec.get("schedulingPolicy", "fcfs")
+    if scheduling not in SCHEDULING:
+        raise InvalidSpec("UnknownScheduling", f"schedulingPolicy must be one of {', '.join(SCHEDULING)}")
 
     interval = float(spec.get("scrapeIntervalSeconds", 0.2))
     timeout = float(spec.get("scrapeTimeoutSeconds", min(1.0, interval * 5)))
@@ -119,18 +140,20 @@ def parse_spec(spec: Mapping[str, Any]) -> PolicySpec:
     if not path.startswith("/"):
         raise InvalidSpec("BadMetricsPath", "metricsPath must start with '/'")
     return PolicySpec(
-        policy_name=name, pod_selector=selector, inference_pool=pool, engine=engine,
-        serving_port=int(spec.get("servingPort", spec.get("metricsPort", 8000))),
-        metrics_port=int(spec.get("metricsPort", 8000)), metrics_path=path,
+        policy_name=name, pod_selector=selector, inference_pool=pool, engine=engine, scheduling=scheduling,
+        serving_port=spec.get("servingPort"), metrics_port=spec.get("metricsPort"), metrics_path=path,
         models=tuple(spec.get("models") or ()), scrape_interval=interval,
         scrape_timeout=min(timeout, max(interval, 0.01) * 5), snapshot_ttl=ttl,
         policy=policy, predictor=dict(spec.get("predictor") or {}),
     )
 
 
-def pool_selector(pool_body: Mapping[str, Any]) -> LabelSelector:
-    """The pod selector of an InferencePool: v1 nests matchLabels, v1alpha2 is a flat label map."""
-    raw = (pool_body.get("spec") or {}).get("selector") or {}
-    if "matchLabels" in raw or "matchExpressions" in raw:
-        return LabelSelector.from_dict(raw)
-    return LabelSelector.from_dict({"matchLabels": raw})
+def pool_source(pool_body: Mapping[str, Any]) -> PodSource:
+    """An InferencePool's pods and ports: v1 nests matchLabels and lists targetPorts, v1alpha2 has a
+    flat label map and one targetPortNumber."""
+    spec = pool_body.get("spec") or {}
+    raw = spec.get("selector") or {}
+    if "matchLabels" not in raw and "matchExpressions" not in raw:
+        raw = {"matchLabels": raw}
+    ports = [p.get("number") for p in spec.get("targetPorts") or []] or [spec.get("targetPortNumber")]
+    return PodSource(LabelSelector.from_dict(raw), tuple(int(p) for p in ports if p))

@@ -3,7 +3,9 @@
 Two sources feed one `PodSet`: static backends (`--backend URL`, the embedded default), whose
 `/metrics` the router scrapes itself, and a `PodSnapshotStore` (Redis) that the operator fills. The
 set turns its entries into the scheduling core's `PodView`s; a pod whose newest snapshot is older
-than `snapshot_max_age_s` is stale and takes nothing new.
+than `snapshot_max_age_s`, or that the store no longer lists, is stale and takes nothing new. A pod the
+store stopped listing is kept (stale) until its snapshot is `unlisted_pod_max_age_s` old: an operator
+restart outlasts the snapshots' TTL, and dropping every pod then would turn queued requests into 404s.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class PodEntry:
     model_cards: list[dict[str, Any]] = field(default_factory=list)
     inflight: set[str] = field(default_factory=set)  # request ids this router has there
     static: bool = True
+    listed: bool = True  # the store lists it now (store pods); an unlisted pod takes nothing new
     # Our dispatches minus our finishes since the snapshot was taken: a scrape is up to an interval
     # old, and a pod that just finished a request must not look full until the next one.
     delta: int = 0
@@ -129,7 +132,7 @@ class PodEntry:
         the waiting part by which of ours have started streaming (a request dispatched after the
         scrape and already decoding must not hold the pod's admission until the next scrape)."""
         snap = self.snapshot
-        stale = snap is None or snap.is_stale(now_unix, max_age)
+        stale = snap is None or not self.listed or snap.is_stale(now_unix, max_age)
         total = max(0, (snap.num_running + snap.num_waiting if snap else 0) + self.delta)
         others_waiting = max(0, (snap.num_waiting if snap else 0) - self.unstarted_at_snapshot)
         waiting = min(total, others_waiting + len(self.unstarted))
@@ -304,10 +307,24 @@ class PodSet:
                     self.readmit(entry)
             entry.snapshot = snap
             entry.models = tuple(snap.models)
+            entry.scheduling = snap.scheduling
             entry.reachable = snap.ready
-        # A pod the store no longer lists is gone, unless we still stream from it.
-        for name in [n for n, e in self.pods.items() if not e.static and n not in seen and not e.inflight]:
-            del self.pods[name]
+            entry.listed = True
+        for entry in [e for e in self.pods.values() if not e.static and e.name not in seen]:
+            self._unlisted(entry)
+
+    def _unlisted(self, entry: PodEntry) -> None:
+        """The store no longer lists `entry`: removed by the operator, or its snapshot expired while
+        no operator published. Either way it takes nothing new; it is forgotten once its snapshot is
+        too old to wait for (unless we still stream from it)."""
+        entry.listed = False
+        if entry.inflight or entry.snapshot.age(time.time()) <= self.settings.unlisted_pod_max_age_s:
+            return
+        del self.pods[entry.name]
+        try:  # a frozen age would read as a fresh pod
+            self.metrics.pod_snapshot_age.remove(entry.name)
+        except KeyError:
+            pass
 
     # --- views ---------------------------------------------------------------------------------
     def views(self) -> list[PodView]:

@@ -63,7 +63,7 @@ class RouterServer:
             from sagesched.state.history import RedisHistoryStore
             from sagesched.state.pod_store import RedisPodStore
 
-            kwargs.setdefault("pod_store", RedisPodStore(self.settings.redis_url))
+            kwargs.setdefault("pod_store", RedisPodStore(self.settings.redis_url, prefix=self.settings.redis_prefix))
             kwargs.setdefault("history", RedisHistoryStore(self.settings.redis_url, maxlen=self.settings.history_maxlen))
         if self.settings.predictor_address and "predictor_client" not in kwargs:
             kwargs["predictor_client"] = self._predictor_client(kwargs)

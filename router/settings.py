@@ -107,6 +107,10 @@ class RouterSettings:
     tls_cert: str | None = None  # PEM files; both set = HTTPS and a TLS gRPC port
     tls_key: str | None = None
     upstream_api_key: str | None = None  # sent as a Bearer token to pods started with --api-key
+    # A pod the store stops listing (its operator is gone past the snapshots' TTL, or removed it) stays
+    # known, stale, until its last snapshot is this old: requests wait through an operator restart.
+    unlisted_pod_max_age_s: float = 300.0
+    redis_prefix: str = "sagesched"  # key prefix of the pod snapshots in Redis: the operator's --redis-prefix
 
     def __repr__(self) -> str:
         """Settings get logged; the admin token and a Redis password must not be."""

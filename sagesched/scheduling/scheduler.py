@@ -157,7 +157,8 @@ class Scheduler:
             return None
         ctx = PickContext(free_kv=self._free_kv, tick=self._tick)
         self._tick += 1
-        return self.policy.choose(req, candidates, ctx), poly, new
+        chosen = self.policy.choose(req, candidates, ctx)  # None: a policy's own constraint (a gateway subset) holds it
+        return (chosen, poly, new) if chosen is not None else None
 
     def _free_kv(self, pod: PodView) -> float:
         """Free KV share as reported, less the prompts we sent that the engine has not taken in yet

@@ -34,6 +34,9 @@ class PodSnapshot(EngineLoad):
     ready: bool = True
     namespace: str = ""
     policy: str = ""  # the SageSchedPolicy that selected this pod
+    # "priority" when the engine runs its queue by request priority (vLLM --scheduling-policy
+    # priority): routers then send our engine priority with each request
+    scheduling: str = "fcfs"
     scraped_at: float = 0.0  # unix seconds of the scrape that produced this snapshot
 
     def age(self, now: float) -> float:

@@ -387,6 +387,22 @@ def test_prometheus_rule_carries_the_promtool_checked_rules(render, tmp_path):
     subprocess.run(["promtool", "check", "rules", str(path)], check=True, capture_output=True)
 
 
+def test_routers_read_the_chart_policys_pods_under_the_operators_prefix(render, tmp_path):
+    """An EPP for one pool must not hand out another policy's pods, and a prefix the router does
+    not share would leave it without pods."""
+    from sagesched.cli import build_parser
+    from sagesched.router.settings import RouterSettings
+
+    for set_name, store_policy in (("defaults", None), ("gateway-monitoring", f"{NAMESPACE}/llama3-8b")):
+        rendered = render(set_name)
+        path = tmp_path / f"{set_name}.yaml"
+        path.write_text(rendered.one("ConfigMap", "sagesched-router")["data"]["router.yaml"])
+        settings = RouterSettings.from_yaml(path)
+        args = rendered.one("Deployment", "sagesched-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert settings.store_policy == store_policy
+        assert settings.redis_prefix == build_parser().parse_args(args).redis_prefix == "sagesched"
+
+
 def test_policy_renders_with_the_crd_storage_version_and_validates(render):
     api, kind, schema = crd_schema()
     (policy,) = render("gateway-monitoring").of_kind(kind)

@@ -44,7 +44,7 @@ def test_plain_install_is_valid_and_complete():
 def test_rules_pass_promtool_check():
     out = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 7 rules found" in out.stdout
+    assert "SUCCESS: 10 rules found" in out.stdout
 
 
 def test_alerts_fire_on_their_failures_and_stay_quiet_otherwise():
@@ -63,7 +63,8 @@ def test_every_alert_has_severity_summary_and_description():
             assert re.fullmatch(r"[0-9]+m", rule["for"])
     assert names == {"SageSchedRouterDown", "SageSchedQueueSaturated", "SageSchedQueueRejecting",
                      "SageSchedStalePodMetrics", "SageSchedPredictorFallbackRate", "SageSchedCalibrationDrift",
-                     "SageSchedIntervalCoverageLow"}
+                     "SageSchedIntervalCoverageLow", "SageSchedOperatorDown", "SageSchedOperatorScrapeErrors",
+                     "SageSchedPolicyDegraded"}
 
 
 def test_dashboards_are_well_formed_grafana_json():

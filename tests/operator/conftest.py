@@ -20,7 +20,11 @@ from sagesched.operator.settings import OperatorSettings
 from sagesched.state.pod_store import RedisPodStore
 from tests.conftest import eventually  # noqa: F401 (the operator tests import it from here)
 
+from .schema import crd_schema, with_defaults
+
 POLICIES = "sagesched.io/v1alpha1/sageschedpolicies"
+POOLS = "inference.networking.k8s.io/v1/inferencepools"
+POLICY_SPEC_SCHEMA = crd_schema()["properties"]["spec"]
 
 
 def vllm_text(running: int, waiting: int, kv: float, *, old_names: bool = False, model: str = "m") -> str:
@@ -93,10 +97,14 @@ async def pod_metrics() -> AsyncIterator[MetricsServer]:
 class VersioningEmulator(kmock.KubernetesEmulator):
     """kmock's emulator plus the bookkeeping kopf relies on and kmock 0.8 leaves out:
     resourceVersion bumped on every write (kopf's JSON patches `test` it), 422 on a failed `test`,
-    uid, and names for objects created with generateName (kopf's Events)."""
+    uid, and names for objects created with generateName (kopf's Events); and what a real API
+    server does to a SageSchedPolicy: its CRD's schema defaults on create, and
+    metadata.generation bumped by every spec change (never by a status write)."""
 
     async def _handle(self, request):
         rv = self.__dict__.setdefault("_rv", [0])
+        if request.resource is not None and request.resource.plural == "sageschedpolicies":
+            self._as_api_server(request)
         if request.resource is not None and isinstance(request.data, (dict, list)):
             rv[0] += 1
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
@@ -112,12 +120,31 @@ class VersioningEmulator(kmock.KubernetesEmulator):
                 request.data.append({"op": "replace", "path": "/metadata/resourceVersion", "value": str(rv[0])})
         return await super()._handle(request)
 
+    def _as_api_server(self, request) -> None:
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            request.data["spec"] = with_defaults(POLICY_SPEC_SCHEMA, request.data.get("spec") or {})
+        elif request.action == kmock.action.UPDATE and _touches_spec(request.data):
+            current = next(o for (r, ns, n), o in self.objects.items()
+                           if r == request.resource and (ns, n) == (request.namespace, request.name))
+            generation = (current.get("metadata") or {}).get("generation", 1) + 1
+            if isinstance(request.data, dict):
+                request.data.setdefault("metadata", {})["generation"] = generation
+            else:
+                request.data.append({"op": "replace", "path": "/metadata/generation", "value": generation})
+
     async def _render_error(self, exc: Exception):
         # A failed `test` op is a conflict (HTTP 422 from a real API server); kopf then re-reads
         # the object instead of resending the stale patch.
         if isinstance(exc, jsonpatch.JsonPatchTestFailed):
             exc = kmock.KubernetesError(status=422, reason="Invalid", message=str(exc))
         return await super()._render_error(exc)
+
+
+def _touches_spec(patch) -> bool:
+    """A merge patch with a spec, or a JSON patch with an operation on it."""
+    if isinstance(patch, dict):
+        return "spec" in patch
+    return isinstance(patch, list) and any(op.get("path", "").startswith("/spec") for op in patch)
 
 
 @pytest.fixture
@@ -130,8 +157,10 @@ async def k8s() -> AsyncIterator[kmock.KubernetesEmulator]:
     emulator.resources["v1/pods"] = kmock.ResourceInfo(
         kind="Pod", namespaced=True, verbs={"get", "list", "watch", "create", "patch", "delete"})
     emulator.resources["v1/events"] = kmock.ResourceInfo(kind="Event", namespaced=True, verbs={"create"})
-    # kopf waits for namespaces to be discoverable even cluster-wide (it never lists them then;
-    # kmock 0.8 cannot parse GET /api/v1/namespaces, so namespace-scoped runs are not testable).
+    emulator.resources[POOLS] = kmock.ResourceInfo(kind="InferencePool", namespaced=True,
+                                                   verbs={"get", "list", "watch", "create"})
+    # kopf waits for namespaces to be discoverable even cluster-wide (it lists them in neither mode:
+    # cluster-wide needs no list, namespaced runs disable scanning; kmock 0.8 cannot answer one).
     emulator.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False,
                                                              verbs={"list", "watch"})
     async with emulator, kmock.Server(emulator):

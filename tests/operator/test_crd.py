@@ -9,8 +9,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = ROOT / "manifests" / "crds" / "sageschedpolicies.yaml"
+from sagesched.operator.spec import InvalidSpec, parse_spec
+
+from .schema import CRD_PATH, ROOT, cel_violations, crd_schema, with_defaults
+
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("sageschedpolicy-*.yaml"))
 
 
@@ -64,3 +66,45 @@ def test_schema_rejects_what_it_can(schema, change, where):
     change(spec)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(dict(cr, spec=spec), schema)
+
+
+SPEC_SCHEMA = crd_schema()["properties"]["spec"]
+SELECTOR = {"matchLabels": {"app": "llm"}}
+
+
+@pytest.mark.parametrize("spec, valid", [
+    ({"podSelector": SELECTOR}, True),
+    ({"inferencePoolRef": {"name": "pool"}}, True),
+    ({"podSelector": SELECTOR, "scrapeIntervalSeconds": 10}, True),
+    ({"podSelector": SELECTOR, "inferencePoolRef": {"name": "pool"}}, False),
+    ({}, False),
+    ({"podSelector": {}}, False),
+    ({"podSelector": {"matchLabels": {}, "matchExpressions": []}}, False),
+    ({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}}, True),
+    ({"podSelector": {"matchExpressions": [{"key": "app", "operator": "In"}]}}, False),
+    ({"podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists", "values": ["x"]}]}}, False),
+    ({"podSelector": SELECTOR, "scrapeIntervalSeconds": 1, "snapshotTTLSeconds": 1}, False),
+    ({"podSelector": SELECTOR, "snapshotTTLSeconds": 0.1}, False),
+    ({"podSelector": SELECTOR, "scrapeIntervalSeconds": 1, "snapshotTTLSeconds": 2}, True),
+], ids=repr)
+def test_cel_rules_admit_exactly_the_specs_the_operator_accepts(spec, valid):
+    """Cross-field rules reject at admission on a real API server; the operator checks the same
+    ones for servers without CEL, so the two must agree on every case."""
+    spec = with_defaults(SPEC_SCHEMA, {"policy": {"name": "fcfs"}, **spec})
+    assert (cel_violations(SPEC_SCHEMA, spec) == []) is valid
+    if valid:
+        parse_spec(spec)
+    else:
+        with pytest.raises(InvalidSpec):
+            parse_spec(spec)
+
+
+def test_defaulted_specs_keep_the_operators_derived_defaults():
+    """Schema defaults that contradict the operator's would win on a real API server: a 10 s
+    interval would get a 5 s TTL (InvalidSpec), a lone metricsPort a serving port of 8000."""
+    spec = parse_spec(with_defaults(SPEC_SCHEMA, {"policy": {"name": "fcfs"}, "podSelector": SELECTOR,
+                                                  "scrapeIntervalSeconds": 10, "metricsPort": 9000}))
+    assert spec.snapshot_ttl == 100 and spec.scrape_timeout == 1.0
+    assert spec.endpoint_ports() == [(9000, 9000)]
+    assert parse_spec(with_defaults(SPEC_SCHEMA, {"policy": {"name": "fcfs"}, "podSelector": SELECTOR,
+                                                  "servingPort": 8080})).endpoint_ports() == [(8080, 8080)]

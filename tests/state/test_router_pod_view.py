@@ -1,0 +1,88 @@
+"""A router's view of the pods an operator publishes to Redis: through operator gaps, per policy,
+with the engines' scheduling mode, under the operator's key prefix."""
+from __future__ import annotations
+
+import time
+
+from sagesched.router.metrics import RouterMetrics
+from sagesched.router.pods import PodSet
+from sagesched.router.server import RouterServer
+from sagesched.router.settings import RouterSettings
+from sagesched.state.pod_store import RedisPodStore
+from sagesched.state.snapshot import PodSnapshot
+from tests.conftest import eventually
+
+
+def snap(name: str, policy: str = "p1", **fields) -> PodSnapshot:
+    return PodSnapshot(name=name, address=f"10.0.0.1:{8000 + len(name)}", models=["m"], namespace="ns",
+                       policy=policy, scraped_at=time.time(), **fields)
+
+
+def age_gauge(metrics: RouterMetrics, pod: str) -> float | None:
+    return metrics.registry.get_sample_value("sagesched_pod_snapshot_age_seconds", {"pod": pod})
+
+
+async def started(store: RedisPodStore, **settings) -> PodSet:
+    pods = PodSet(RouterSettings(scrape_interval_s=0.05, **settings), RouterMetrics(), store)
+    await pods.start()
+    assert await pods.wait_ready(5)
+    return pods
+
+
+async def test_pods_outlive_their_expired_snapshots_as_stale_then_are_dropped(redis_url):
+    """An operator gap longer than the snapshots' TTL: the router keeps the pods, sends them nothing
+    new, keeps their models (requests queue instead of 404) and their age gauge counting."""
+    store = RedisPodStore(redis_url)
+    await store.publish_many([snap("pod-a")], ttl=0.3)
+    pods = await started(store, unlisted_pod_max_age_s=1.5)
+    try:
+        await eventually(lambda: pods.views() and not pods.views()[0].stale)
+        await eventually(lambda: not pods.pods["pod-a"].listed, what="snapshot expired")
+        (view,) = pods.views()
+        assert view.stale and pods.serves("m")
+        first = age_gauge(pods.metrics, "pod-a")
+        await eventually(lambda: (pods.views(), age_gauge(pods.metrics, "pod-a"))[1] > first + 0.2,
+                         what="the age gauge keeps counting")
+        await eventually(lambda: "pod-a" not in pods.pods, what="dropped after the maximum age")
+        assert age_gauge(pods.metrics, "pod-a") is None and not pods.serves("m")
+    finally:
+        await pods.stop()
+        await store.close()
+
+
+async def test_a_pod_the_operator_lists_again_takes_requests_again(redis_url):
+    store = RedisPodStore(redis_url)
+    await store.publish_many([snap("pod-a")], ttl=0.3)
+    pods = await started(store)
+    try:
+        await eventually(lambda: not pods.pods["pod-a"].listed)
+        await store.publish_many([snap("pod-a")], ttl=30)
+        await eventually(lambda: not pods.views()[0].stale)
+    finally:
+        await pods.stop()
+        await store.close()
+
+
+async def test_router_reads_only_its_policys_pods_with_their_scheduling_mode(redis_url):
+    store = RedisPodStore(redis_url)
+    await store.publish_many([snap("pod-a", scheduling="priority"), snap("pod-b", policy="p2")], ttl=30)
+    pods = await started(store, store_policy="ns/p1")
+    try:
+        await eventually(lambda: "pod-a" in pods.pods)
+        assert list(pods.pods) == ["pod-a"] and pods.pods["pod-a"].priority_mode
+    finally:
+        await pods.stop()
+        await store.close()
+
+
+async def test_router_reads_snapshots_under_the_operators_redis_prefix(redis_url):
+    publisher = RedisPodStore(redis_url, prefix="team-a")
+    await publisher.publish_many([snap("pod-a")], ttl=30)
+    server = RouterServer(RouterSettings(host="127.0.0.1", port=0, grpc_port=None, redis_url=redis_url,
+                                         redis_prefix="team-a", scrape_interval_s=0.05))
+    await server.start(wait_for_pods=5)
+    try:
+        assert list(server.router.pods.pods) == ["pod-a"]
+    finally:
+        await server.stop()
+        await publisher.close()

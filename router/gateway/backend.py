@@ -32,6 +32,21 @@ def endpoint_of(pod: PodEntry) -> str:
     return urlsplit(pod.base_url).netloc
 
 
+def in_subset(pod: PodEntry, subset: frozenset[str]) -> bool:
+    """A hint lists `ip:port` endpoints or bare IPs (every port of that address)."""
+    address = urlsplit(pod.base_url)
+    return address.netloc in subset or address.hostname in subset
+
+
+def _clients_stream_options(body: dict, client: dict) -> None:
+    """The client's own `stream_options`, for a response Envoy hands over unchanged: a usage chunk
+    the router asked for would reach a client that did not ask for it."""
+    if client.get("stream_options") is None:
+        body.pop("stream_options", None)
+    else:
+        body["stream_options"] = client["stream_options"]
+
+
 @dataclass(eq=False)
 class GatewayTicket:
     """One picked request: where it goes and the body Envoy should send there. `req` is None for
@@ -72,7 +87,10 @@ class RouterBackend:
                                param=err.param, headers=err.headers) from None
         names = [pod.name, *placement.fallbacks]
         endpoints = [endpoint_of(router.pods.pods[n]) for n in names if n in router.pods.pods]
-        body = json.dumps(upstream_body(req, pod, router.engine_priority(req))).encode()
+        sent = upstream_body(req, pod, router.engine_priority(req))
+        if not request.response_rewritable:
+            _clients_stream_options(sent, request.json)
+        body = json.dumps(sent).encode()
         meter = ResponseMeter(req, router.now, lambda: router.on_token(req), streaming=req.stream)
         return GatewayTicket(endpoints, body, req, meter)
 
@@ -80,7 +98,7 @@ class RouterBackend:
         """Pod names the subset hint allows (None: no hint); 503 when it allows no live pod of `model`."""
         if subset is None:
             return None
-        names = frozenset(e.name for e in self.router.pods.pods.values() if endpoint_of(e) in subset)
+        names = frozenset(e.name for e in self.router.pods.pods.values() if in_subset(e, subset))
         if not any(self.router.pods.pods[n].reachable and model in self.router.pods.pods[n].models for n in names):
             raise no_pods(model)
         return names
@@ -88,7 +106,7 @@ class RouterBackend:
     def _unscheduled(self, request: GatewayRequest, subset: frozenset[str] | None) -> GatewayTicket:
         """Not an inference call: the least-loaded reachable pods, without queueing or accounting."""
         pods = sorted((e for e in self.router.pods.pods.values()
-                       if e.reachable and (subset is None or endpoint_of(e) in subset)),
+                       if e.reachable and (subset is None or in_subset(e, subset))),
                       key=lambda e: len(e.inflight))
         if not pods:
             raise NoEndpoint("no ready endpoint")

@@ -15,6 +15,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
+# The service's full name, also the gRPC health service Envoy checks before opening a stream.
+EXT_PROC_SERVICE = ext_proc.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 LB_NAMESPACE = "envoy.lb"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
@@ -72,6 +74,9 @@ class GatewayRequest:
     headers: dict[str, str]
     body: bytes = b""
     json: dict = field(default_factory=dict)
+    # False when Envoy forwards the response as the pod sent it (BUFFERED response mode): the
+    # picker cannot hold back what the client did not ask for, so it must not ask for it.
+    response_rewritable: bool = True
 
     @property
     def model(self) -> str:
@@ -149,6 +154,11 @@ def _set_headers(headers: dict[str, str]) -> ext_proc.HeaderMutation:
         )
         for key, value in headers.items()
     ])
+
+
+def strip_destination() -> ext_proc.CommonResponse:
+    """A request the picker lets through unrouted: a destination the client sent must not lead it."""
+    return ext_proc.CommonResponse(header_mutation=ext_proc.HeaderMutation(remove_headers=[DESTINATION_HEADER]))
 
 
 def destination_mutation(endpoints: list[str], extra_headers: dict[str, str] | None = None

@@ -10,17 +10,16 @@ import asyncio
 import logging
 
 import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from sagesched.router.pipeline import Router
 
 from .backend import RouterBackend
+from .protocol import EXT_PROC_SERVICE
 from .servicer import EndpointPicker, GatewaySettings
 
 log = logging.getLogger(__name__)
 
-EXT_PROC_SERVICE = ext_proc.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
 LIVENESS, READINESS = "liveness", "readiness"
 
 

@@ -96,12 +96,14 @@ class _Exchange:
     async def _on_request_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
         headers = protocol.header_map(message.request_headers)
         self.request = GatewayRequest(
-            method=headers.get(":method", "POST"), path=headers.get(":path", "/"), headers=headers
+            method=headers.get(":method", "POST"), path=headers.get(":path", "/"), headers=headers,
+            response_rewritable=self.response_mode == FULL_DUPLEX,
         )
         self.subset = protocol.subset_hint(message)
         if message.request_headers.end_of_stream:
             return await self._route(headers_phase=True)
-        return [] if self.request_mode == FULL_DUPLEX else [protocol.headers_continue()]
+        # BUFFERED: the headers go on now; the body's answer sets the destination, or none.
+        return [] if self.request_mode == FULL_DUPLEX else [protocol.headers_continue(protocol.strip_destination())]
 
     async def _on_request_body(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
         self.body.extend(message.request_body.body)
@@ -139,9 +141,10 @@ class _Exchange:
         return out
 
     def _pass_through(self, headers_phase: bool) -> list[ext_proc.ProcessingResponse]:
+        """Fail open: Envoy's own balancing over the pool picks, never the client's header."""
         if not headers_phase:
-            return [protocol.body_continue()]
-        out = [protocol.headers_continue()]
+            return [protocol.body_continue(protocol.strip_destination())]
+        out = [protocol.headers_continue(protocol.strip_destination())]
         if self.body:
             out.append(protocol.body_stream(bytes(self.body), True))
         return out

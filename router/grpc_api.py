@@ -134,10 +134,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                         raise pod_failed(resp.status, raw)
                     raise RouterError(resp.status, raw.decode(errors="replace")[:500], kind="pod_refused",
                                       type="upstream_error")
-                async for event in router.upstream.events(req, resp, router.now, lambda: router.on_token(req)):
-                    text = _delta_text(api, event)
-                    if text:
-                        yield req, text
+                async for run in router.relay(req, resp):
+                    for event in run:
+                        if text := _delta_text(api, event):
+                            yield req, text
                 req.finished_at = router.now()
             yield req, ""
         except RouterError as err:

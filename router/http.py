@@ -90,8 +90,8 @@ async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.
                 return web.Response(body=raw, headers=_pod_headers(req, resp))
             out = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": req.public_id})
             await out.prepare(request)
-            async for data in router.upstream.relay(req, resp, router.now, lambda: router.on_token(req)):
-                await out.write(data)
+            async for run in router.relay(req, resp):  # one write per read from the pod
+                await out.write(run[0] if len(run) == 1 else b"".join(run))
             req.finished_at = router.now()
     except RouterError as err:
         if out is None:

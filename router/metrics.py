@@ -25,6 +25,10 @@ DECISION = "sagesched_decision_seconds"
 INFLIGHT = "sagesched_inflight_requests"
 POD_EJECTIONS = "sagesched_pod_ejections_total"
 HISTORY_DROPPED = "sagesched_history_dropped_total"
+PREEMPTIONS = "sagesched_preemptions_total"
+RESUMES = "sagesched_resumes_total"
+RECOMPUTED_TOKENS = "sagesched_recomputed_tokens_total"
+UNPREEMPTIBLE = "sagesched_unpreemptible_requests_total"
 
 HELP = {
     QUEUE_DEPTH: "Requests waiting in the router's admission queue.",
@@ -38,7 +42,7 @@ HELP = {
     PREDICTOR_FALLBACKS: "Predictions served by the history estimator because the predictor failed or was late.",
     POD_SNAPSHOT_AGE: "Age of the newest metrics snapshot of each pod.",
     ERRORS: ("Errors by kind (bad_request, unknown_model, not_found, queue_full, queue_timeout, no_pods, upstream, "
-             "upstream_connection, upstream_timeout, pod_refused, client_timeout, shutdown, internal, cancelled)."),
+             "upstream_connection, upstream_timeout, pod_refused, resume_refused, client_timeout, shutdown, internal, cancelled)."),
     REQUESTS: "Requests answered, by model and HTTP status code.",
     DECISION_LATENCY: "Duration of one scheduler dispatch pass.",
     DECISION: "Time from a request entering the scheduler until its dispatch to a pod (waiting for a free pod "
@@ -46,6 +50,14 @@ HELP = {
     INFLIGHT: "Requests this router has in flight on each pod.",
     POD_EJECTIONS: "Times a pod was taken out of rotation after consecutive failed requests.",
     HISTORY_DROPPED: "Completion records not written to the history store (store unreachable or backlog full).",
+    PREEMPTIONS: "Running streams the router stopped on a pod to resume later (reason: index = a waiting request's "
+                 "refreshed index beat theirs).",
+    RESUMES: "Preempted streams resumed as continuations, by pod and whether it is the pod they left (same_pod: "
+             "its prefix cache may still hold their KV).",
+    RECOMPUTED_TOKENS: "Prompt and generated tokens resumed continuations sent for prefill again (the engine's "
+                       "prefix-cache hits say how much of it was not recomputed).",
+    UNPREEMPTIBLE: "Requests never preempted because a continuation could not reproduce them (reason: unary, "
+                   "client_opt_out, best_of, logprobs, tools, structured_output, token_prompt, echo, engine).",
 }
 
 # Latency buckets from sub-millisecond router work up to multi-minute generations.
@@ -87,6 +99,19 @@ class RouterMetrics:
         self.inflight = Gauge(INFLIGHT, HELP[INFLIGHT], ["pod"], registry=r)
         self.pod_ejections = Counter(POD_EJECTIONS.removesuffix("_total"), HELP[POD_EJECTIONS], ["pod"], registry=r)
         self.history_dropped = Counter(HISTORY_DROPPED.removesuffix("_total"), HELP[HISTORY_DROPPED], registry=r)
+        self.preemptions = Counter(PREEMPTIONS.removesuffix("_total"), HELP[PREEMPTIONS], ["pod", "reason"], registry=r)
+        self.resumes = Counter(RESUMES.removesuffix("_total"), HELP[RESUMES], ["pod", "same_pod"], registry=r)
+        self.recomputed_tokens = Counter(RECOMPUTED_TOKENS.removesuffix("_total"), HELP[RECOMPUTED_TOKENS],
+                                         registry=r)
+        self.unpreemptible = Counter(UNPREEMPTIBLE.removesuffix("_total"), HELP[UNPREEMPTIBLE], ["reason"],
+                                     registry=r)
+
+    def pod_added(self, pod: str) -> None:
+        """Per-pod counters start at 0 when the pod is known, not at its first event: a rate over a
+        series that appears at its first increment misses that increment."""
+        self.preemptions.labels(pod, "index")
+        for same in ("true", "false"):
+            self.resumes.labels(pod, same)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of this registry and its content type."""

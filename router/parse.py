@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from .continuation import PREEMPTIBLE_HEADER
 from .errors import bad_request
 from .request import Api, LiveRequest
 
@@ -133,4 +134,6 @@ def parse_request(api: Api, body: dict[str, Any], now: float,
         client_wants_usage=bool(options.get("include_usage")),
         client_request_id=_client_request_id(headers.get(REQUEST_ID_HEADER)),
         trace_headers={h: v for h in TRACE_HEADERS if (v := headers.get(h))},
+        prompt_is_text=api is Api.CHAT or bool(text),
+        client_allows_preemption=str(headers.get(PREEMPTIBLE_HEADER, "")).lower() != "false",
     )

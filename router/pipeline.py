@@ -14,17 +14,20 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import aiohttp
 
 from sagesched.scheduling import HistoryEstimator, Scheduler, make_policy
 from sagesched.scheduling.admission import Admission
+from sagesched.scheduling.preemption import Preemption
 from sagesched.scheduling.priority import LOWER_FIRST
 from sagesched.state.history import CompletionRecord, HistoryStore, InProcessHistoryStore
 
+from .continuation import Progress, continuation_of, why_not_preemptible
 from .dispatch import Dispatcher
-from .errors import RouterError, unknown_model
+from .errors import RouterError, resume_refused, unknown_model
 from .metrics import RouterMetrics
 from .pods import PodEntry, PodSet
 from .predict import PredictStage
@@ -43,8 +46,10 @@ def make_scheduler(settings: RouterSettings) -> Scheduler:
     """The scheduling core's one Scheduler, with the configured policy and its parameters."""
     q = settings.memory_gate_quantile
     admission = Admission() if q is None else Admission(memory_aware=True, quantile=q)
+    preemption = Preemption(enabled=settings.preemption, bucket_tokens=settings.preemption_bucket_tokens,
+                            max_per_request=settings.max_preemptions_per_request)
     return Scheduler(make_policy(settings.policy, **settings.policy_params), admission=admission,
-                     aging_rate=settings.aging_rate)
+                     aging_rate=settings.aging_rate, preemption=preemption)
 
 
 class Router:
@@ -118,40 +123,85 @@ class Router:
 
     @asynccontextmanager
     async def open(self, req: LiveRequest) -> AsyncIterator[aiohttp.ClientResponse]:
-        """`serve`, then connect to the pod: yields its response (headers read). A pod that fails
-        before answering — the connection fails or it answers 5xx — counts against its health
-        and, since the client has received nothing yet, the request goes back to the queue for
-        the policy to place again (up to `upstream_retries` times). Failures after that (the pod
-        dies mid-stream, goes silent) count too and propagate as `RouterError`s."""
-        async with self.serve(req) as pod:
-            for attempt in range(self.settings.upstream_retries + 1):
-                stack = AsyncExitStack()
-                try:
-                    resp = await stack.enter_async_context(self.upstream.open(req, pod, self.engine_priority(req)))
-                except RouterError as err:
-                    self.pods.record_failure(pod, unreachable=err.kind == "upstream_connection")
-                    last = attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
-                    if err.kind != "upstream_connection" or last:
-                        raise
-                else:
-                    last = attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
-                    if resp.status < 500 or last:
-                        break
-                    self.pods.record_failure(pod, unreachable=False)
-                    await stack.aclose()
-                log.info("request %s: pod %s failed before answering; dispatching again", req.id, pod.name)
-                pod = await self.dispatcher.redispatch(req)
-            if resp.status >= 500:
-                self.pods.record_failure(pod, unreachable=False)
+        """`serve`, then connect to the pod (`_connect`): yields its response, headers read. A
+        preemptive policy may stop a stream and resume it later (`relay`): such requests are marked
+        here, where streams start."""
+        if self.scheduler.preemption.enabled:
+            self._mark_preemptible(req)
+        async with self.serve(req) as pod, self._connect(req, pod) as resp:
+            yield resp
+
+    def _mark_preemptible(self, req: LiveRequest) -> None:
+        reason = why_not_preemptible(req)
+        if reason is None:
+            req.progress = Progress()
+        else:
+            self.metrics.unpreemptible.labels(reason).inc()
+
+    @asynccontextmanager
+    async def _connect(self, req: LiveRequest, pod: PodEntry) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The pod's response to `req`. A pod that fails before answering — the connection fails or
+        it answers 5xx — counts against its health and, since the client has received nothing from
+        this run yet, the request goes back to the queue for the policy to place again (up to
+        `upstream_retries` times). Failures after that (the pod dies mid-stream, goes silent) count
+        too and propagate as `RouterError`s."""
+        for attempt in range(self.settings.upstream_retries + 1):
+            stack = AsyncExitStack()
             try:
-                async with stack:  # converts the pod's connection errors into RouterErrors
-                    yield resp
-            except RouterError as err:  # only the connection's own faults: a 5xx was counted above
-                if err.kind in ("upstream_connection", "upstream_timeout"):
-                    self.pods.record_failure(pod, unreachable=err.kind == "upstream_connection")
-                raise
-            if resp.status < 500:
-                self.pods.record_success(pod)
+                resp = await stack.enter_async_context(self.upstream.open(req, pod, self.engine_priority(req)))
+            except RouterError as err:
+                self.pods.record_failure(pod, unreachable=err.kind == "upstream_connection")
+                last = attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
+                if err.kind != "upstream_connection" or last:
+                    raise
+            else:
+                last = attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
+                if resp.status < 500 or last:
+                    break
+                self.pods.record_failure(pod, unreachable=False)
+                await stack.aclose()
+            log.info("request %s: pod %s failed before answering; dispatching again", req.id, pod.name)
+            pod = await self.dispatcher.redispatch(req)
+        if resp.status >= 500:
+            self.pods.record_failure(pod, unreachable=False)
+        try:
+            async with stack:  # converts the pod's connection errors into RouterErrors
+                yield resp
+        except RouterError as err:  # only the connection's own faults: a 5xx was counted above
+            if err.kind in ("upstream_connection", "upstream_timeout"):
+                self.pods.record_failure(pod, unreachable=err.kind == "upstream_connection")
+            raise
+        if resp.status < 500:
+            self.pods.record_success(pod)
+
+    async def relay(self, req: LiveRequest, resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+        """The client's one stream, in runs of SSE events (one run per read from a pod): the first
+        run's, then, each time the scheduler preempts the request, its continuation's."""
+        on_token = partial(self.on_token, req)
+        async for run in self.upstream.runs(req, resp, self.now, on_token):
+            yield run
+        while req.preempted:
+            resp.close()  # the engine aborts the request; its blocks stay in the prefix cache
+            if req.finish_reason:  # it finished before the decision reached its stream
+                self.dispatcher.keep(req)
+                return
+            async with self._resume(req) as resp:
+                async for run in self.upstream.runs(req, resp, self.now, on_token):
+                    yield run
+
+    @asynccontextmanager
+    async def _resume(self, req: LiveRequest) -> AsyncIterator[aiohttp.ClientResponse]:
+        """`req`'s continuation, once the policy dispatches it again: the pod's response."""
+        assert req.progress is not None and req.sched is not None
+        req.continuation = continuation_of(req, req.progress, req.output_tokens)
+        pod = await self.dispatcher.wait_dispatched(req)
+        req.preempted = False
+        self.metrics.resumes.labels(pod.name, str(pod.name == req.sched.resume_pod).lower()).inc()
+        self.metrics.recomputed_tokens.inc(req.prompt_tokens + req.output_tokens)
+        async with self._connect(req, pod) as resp:
+            if resp.status != 200:
+                raise resume_refused(resp.status, await resp.read())
+            yield resp
 
     async def admit(self, req: LiveRequest) -> PodEntry:
         """predict → enqueue → dispatch: the pod the policy chose. Every admitted request must be

@@ -178,7 +178,12 @@ class PodSet:
         self._store_down_since: float | None = None
         self._store_last_read = 0.0
         for backend in settings.backends:
-            self.pods[backend.name] = self._entry_for(backend)
+            self._add(self._entry_for(backend))
+
+    def _add(self, entry: PodEntry) -> PodEntry:
+        self.pods[entry.name] = entry
+        self.metrics.pod_added(entry.name)
+        return entry
 
     def _profile(self, name: str) -> StepTimeProfile:
         if name not in self._profiles:
@@ -295,10 +300,10 @@ class PodSet:
             seen.add(snap.name)
             entry = self.pods.get(snap.name)
             if entry is None:
-                entry = self.pods[snap.name] = PodEntry(
+                entry = self._add(PodEntry(
                     name=snap.name, base_url=f"http://{snap.address}", models=tuple(snap.models),
                     engine=snap.engine, profile=self._profile(self.settings.default_profile), static=False,
-                    api_key=self.settings.upstream_api_key)
+                    api_key=self.settings.upstream_api_key))
             elif entry.static:
                 continue  # a statically configured pod is scraped by us; ours is fresher
             if entry.snapshot is None or snap.scraped_at != entry.snapshot.scraped_at:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from .continuation import ROLE as _ROLE  # a chat stream's opening chunk: no token yet
 from .errors import upstream_connection_error, upstream_timeout
 from .pods import PodEntry
 from .request import LiveRequest
@@ -24,7 +25,6 @@ from .settings import RouterSettings
 
 _FINISH = re.compile(rb'"finish_reason":\s*"([a-z_]+)"')
 _USAGE = re.compile(rb'"usage":\s*\{')
-_ROLE = re.compile(rb'"delta":\s*\{\s*"role"')  # a chat stream's opening chunk: no token yet
 _DONE = b"data: [DONE]"
 T = TypeVar("T")
 
@@ -34,7 +34,8 @@ def upstream_body(req: LiveRequest, pod: PodEntry, engine_priority: int | None) 
     priority for engines that run their queue by it (others reject the field, so it is removed).
     Top-level nulls are dropped: OpenAI reads them as "not given", vLLM's schema refuses some
     (`n: null` is a 400 there)."""
-    body = {k: v for k, v in req.body.items() if v is not None}
+    source = req.continuation.body if req.continuation else req.body
+    body = {k: v for k, v in source.items() if v is not None}
     if req.stream:
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True
@@ -144,11 +145,13 @@ class Upstream:
         except (ValueError, AttributeError, IndexError, TypeError):
             req.finish_reason = "error"
 
-    async def _runs(self, req: LiveRequest, resp: aiohttp.ClientResponse, now: Callable[[], float],
+    async def runs(self, req: LiveRequest, resp: aiohttp.ClientResponse, now: Callable[[], float],
                     on_token: Callable[[], None]) -> AsyncIterator[list[bytes]]:
         """Per read from the pod: the complete SSE events in it (each ending in a blank line) that
-        the client gets, in order."""
+        the client gets, in order. A preempted request's run ends after the read that follows the
+        decision (unless that read finished it): the caller closes the connection and resumes it."""
         buf = b""
+        rewrite = req.continuation.rewrite if req.continuation else None
         async for chunk in resp.content.iter_any():
             buf = buf + chunk if buf else chunk
             run: list[bytes] = []
@@ -156,27 +159,18 @@ class Upstream:
             while (end := buf.find(b"\n\n", start)) >= 0:  # an index, not re-slicing the rest per event
                 event = buf[start:end + 2]
                 start = end + 2
+                if rewrite is not None and (event := rewrite(event)) is None:
+                    continue
                 if self.account(req, event, now, on_token):
                     run.append(event)
             buf = buf[start:]
             if run:
                 yield run
-        if buf.strip() and self.account(req, buf, now, on_token):
+            if req.preempted and not req.finish_reason:
+                return
+        if buf.strip() and (rewrite is None or (buf := rewrite(buf)) is not None) \
+                and self.account(req, buf, now, on_token):
             yield [buf]
-
-    async def events(self, req: LiveRequest, resp: aiohttp.ClientResponse, now: Callable[[], float],
-                     on_token: Callable[[], None]) -> AsyncIterator[bytes]:
-        """SSE events to forward to the client, one at a time (for front ends that translate each)."""
-        async for run in self._runs(req, resp, now, on_token):
-            for event in run:
-                yield event
-
-    async def relay(self, req: LiveRequest, resp: aiohttp.ClientResponse, now: Callable[[], float],
-                    on_token: Callable[[], None]) -> AsyncIterator[bytes]:
-        """SSE bytes to forward to an HTTP client as they arrive: the events of one read from the pod
-        joined, so a burst of tokens costs the client's socket one write instead of one per token."""
-        async for run in self._runs(req, resp, now, on_token):
-            yield run[0] if len(run) == 1 else b"".join(run)
 
     @staticmethod
     def account(req: LiveRequest, event: bytes, now: Callable[[], float], on_token: Callable[[], None]) -> bool:
@@ -197,6 +191,8 @@ class Upstream:
         elif content:
             req.output_tokens += 1
         if content:
+            if req.progress is not None:
+                req.progress.see(event)
             on_token()
         elif data is not None and not data.get("choices"):  # the usage-only last chunk
             return req.client_wants_usage

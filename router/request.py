@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sagesched.distribution import LengthDistribution
     from sagesched.scheduling.types import SchedRequest
 
+    from .continuation import Continuation, Progress
     from .pods import PodEntry
 
 
@@ -47,6 +48,8 @@ class LiveRequest:
     client_request_id: str | None = None
     # Tracing headers (W3C traceparent, tracestate) passed on to the pod unchanged.
     trace_headers: dict[str, str] = field(default_factory=dict)
+    prompt_is_text: bool = True  # False for a completions prompt of token ids
+    client_allows_preemption: bool = True  # False: the client sent x-sagesched-preemptible: false
     # --- predict -------------------------------------------------------------------------------
     distribution: "LengthDistribution | None" = None
     prediction_source: str = ""
@@ -63,6 +66,11 @@ class LiveRequest:
     usage: dict[str, int] | None = None
     finish_reason: str = ""
     status: int = 200
+    # --- live preemption (router.continuation) ---------------------------------------------------
+    progress: "Progress | None" = None  # set for preemptible requests: what the client has received
+    preempted: bool = False  # the scheduler displaced it: the stream stops at its next event
+    continuation: "Continuation | None" = None  # the run in progress resumes an earlier one
+    preemptions: int = 0
 
     @property
     def public_id(self) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sagesched.podmetrics import ENGINES
+from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
 
 
@@ -76,6 +77,13 @@ class RouterSettings:
     # Memory gate: admit only if this quantile of a pod's KV need fits its free KV (the capacity the
     # pod reports); None = off, the engine's own block check decides and preemption corrects.
     memory_gate_quantile: float | None = None
+    # Live preemption, for preemptive policies (sagesched): a stream whose refreshed index has fallen
+    # behind a waiting request's is stopped on its pod and resumed later as a continuation
+    # (router/continuation.py), at most `max_preemptions_per_request` times; ranks are refreshed
+    # every `preemption_bucket_tokens` generated tokens.
+    preemption: bool = True
+    preemption_bucket_tokens: int = DEFAULT_BUCKET_TOKENS
+    max_preemptions_per_request: int = 2
     predictor_address: str | None = None  # host:port of the predictor service; None = history only
     predictor_deadline_s: float = 0.005
     history_maxlen: int = 10_000

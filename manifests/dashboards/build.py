@@ -99,6 +99,15 @@ b.panel("Dispatch decision time (p99)", "Duration of one scheduler dispatch pass
         [(f'histogram_quantile(0.99, sum by (policy, le) (rate(sagesched_dispatch_decision_seconds_bucket{{{P}}}[{RI}])))', "{{policy}}")], "s")
 b.panel("Pod snapshot age", "Age of the newest metrics snapshot of each pod; beyond the router's snapshot_max_age_s a pod gets no new work.",
         [('max by (pod) (sagesched_pod_snapshot_age_seconds)', "{{pod}}")], "s", minv=0)
+b.row("Live preemption")
+b.panel("Preemptions per pod", "Streams the router stopped on each pod to serve a more urgent waiting request (resumed later as continuations).",
+        [('sum by (pod, reason) (rate(sagesched_preemptions_total[%s]))' % RI, "{{pod}} {{reason}}")], "ops", minv=0)
+b.panel("Resumes: same pod vs elsewhere", "Preempted streams resumed; on the same pod the engine's prefix cache may still hold their KV.",
+        [('sum by (same_pod) (rate(sagesched_resumes_total[%s]))' % RI, "same pod {{same_pod}}")], "ops", stack=True, minv=0)
+b.panel("Tokens sent again for prefill", "Prompt and generated tokens of resumed streams sent to a pod again; the engine dashboard's prefix-cache hit rate shows how much it did not recompute.",
+        [('sum(rate(sagesched_recomputed_tokens_total[%s]))' % RI, "tokens/s")], "short", minv=0)
+b.panel("Requests never preempted, by reason", "Requests a continuation could not reproduce (unary, logprobs, tools, structured output, ...) or whose client opted out.",
+        [('sum by (reason) (rate(sagesched_unpreemptible_requests_total[%s]))' % RI, "{{reason}}")], "reqps", stack=True, minv=0)
 b.dump("sagesched-router.json")
 
 # --- engines ---------------------------------------------------------------------------------
@@ -124,6 +133,9 @@ b.panel("Engine TTFT p90 per pod", "Time to first token inside the engine (exclu
         [(f'histogram_quantile(0.9, sum by (instance, le) (rate(vllm:time_to_first_token_seconds_bucket{{{EM}}}[{RI}])))', "{{instance}}")], "s")
 b.panel("Engine queue time p90 per pod", "Time requests spent waiting inside the engine.",
         [(f'histogram_quantile(0.9, sum by (instance, le) (rate(vllm:request_queue_time_seconds_bucket{{{EM}}}[{RI}])))', "{{instance}}")], "s")
+b.panel("Prefix-cache hit rate per pod", "Share of prompt tokens the engine found in its prefix cache (vllm:prefix_cache_hits / queries): resumed streams' earlier work, repeated prompts.",
+        [(f'sum by (instance) (rate(vllm:prefix_cache_hits_total{{{EM}}}[{RI}])) / sum by (instance) (rate(vllm:prefix_cache_queries_total{{{EM}}}[{RI}]))', "{{instance}}")],
+        "percentunit", minv=0, maxv=1)
 b.dump("sagesched-engines.json")
 
 # --- predictor -------------------------------------------------------------------------------

@@ -63,7 +63,10 @@ class KVCache:
         kept = min(req.num_computed_tokens // self.block_size, req.num_blocks)
         req.num_blocks = 0
         if req.cache_key is not None and kept > 0:
-            self._cached_total += kept - self._cached.pop(req.cache_key, 0)
+            # an entry of the same key (an identical prompt) is the same prefix: the longer one covers both
+            older = self._cached.pop(req.cache_key, 0)
+            kept = max(kept, older)
+            self._cached_total += kept - older
             self._cached[req.cache_key] = kept
 
     # --- prefix cache -------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ class Preemption:
     max_per_request: int = 2  # then it runs to completion: bounds recompute and starvation
     # a recompute stalls every request batched on the pod: its cost counts once per running request
     recompute_weight: float = 1.0
+    # the engines keep an aborted request's KV in a prefix cache until it is needed (vLLM's automatic
+    # prefix caching, on by default; SGLang's radix cache): a resume may recompute little of it
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.bucket_tokens < 1 or self.min_gain < 0 or self.max_per_request < 0:

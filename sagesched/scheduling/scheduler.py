@@ -202,7 +202,8 @@ class Scheduler:
         by_name = {p.name: p for p in pods if eligible_for(head, p)}
 
         def eligible(r: SchedRequest) -> bool:
-            return policy.bucket(r, r.generated, settings.bucket_tokens) != r.decided_bucket and policy.may_preempt(r)
+            return (r.preemptible and policy.bucket(r, r.generated, settings.bucket_tokens) != r.decided_bucket
+                    and policy.may_preempt(r))
 
         victim = self._candidates.worst(lambda r: r.pod in by_name, eligible, settings)
         if victim is None:
@@ -211,7 +212,8 @@ class Scheduler:
         self._rerank(victim, self._inflight[victim.request_id].poly)
         pod = by_name[victim.pod]
         stalled = settings.recompute_weight * max(pod.num_running, len(pod.inflight))
-        recompute = self._cost.compute(victim.prompt_tokens + victim.generated).c0 * max(stalled, 1.0)
+        lost = self._uncached_on_resume(victim, head, pod)
+        recompute = self._cost.compute(lost).c0 * max(stalled, 1.0) if lost > 0 else 0.0
         if not worth_preempting(head, queue.aged_rank(head, now), victim, queue.aged_rank(victim, now), recompute,
                                 settings):
             return None, None
@@ -222,6 +224,23 @@ class Scheduler:
         self.preemptions += 1
         poly = self._poly(head)
         return (pod, poly, self._contribution(head)), victim
+
+    def _uncached_on_resume(self, victim: SchedRequest, head: SchedRequest, pod: PodView) -> int:
+        """Tokens of the victim a resume on its pod computes again. Engines keep an aborted request's
+        blocks in their prefix cache (vLLM's automatic prefix caching) until an allocation needs them,
+        most recently freed last. Until the victim resumes, the pod takes in the head and the growth
+        of what runs there, and its content turns over about once (a preempted request waits about
+        as long as the pod takes to serve what is there): the blocks survive what the free KV holds
+        beyond all that. So a pod short of memory keeps nothing (measured in the simulator: crediting
+        the cache more freely made heavy-tailed loads preempt into evictions)."""
+        tokens = victim.prompt_tokens + victim.generated
+        if not self.preemption.prefix_cache:
+            return tokens
+        head_needs, load = self._contribution(head), self._load.get(pod.name, _NO_LOAD)
+        capacity = pod.profile.kv_capacity_tokens
+        room = (self._free_kv(pod) * capacity - pod.kv_usage * capacity - head_needs.pending_prompt
+                - head_needs.growth_mean - load.growth_mean)
+        return tokens - int(min(max(room, 0.0), tokens))
 
     def take_preemptions(self) -> list[tuple[SchedRequest, str]]:
         """(request, pod) pairs to end on their pods now; each is queued again already and resumes

@@ -30,6 +30,9 @@ class SchedRequest:
     # False when its tokens cannot be watched as they come (a non-streaming answer arrives whole):
     # `generated` stays 0 throughout, so it must not count as waiting at the engine for that.
     watched: bool = True
+    # False when a stop and resume could not reproduce its answer (the live router's checks in
+    # router/continuation.py): it is never displaced
+    preemptible: bool = True
     true_output_tokens: int | None = None
     pod: str | None = None
     dispatched_at: float | None = None

@@ -20,6 +20,10 @@ per namespace, or ClusterKopfPeering with --all-namespaces, named by --peering; 
 manifests/crds/kopf-peering.yaml). The replica with the highest --priority acts; the others pause.
 --standalone skips peering: use it only when exactly one replica runs.
 
+Without Kubernetes: --policy-file FILE reconciles the one SageSchedPolicy in FILE (a YAML manifest
+whose spec lists spec.staticEndpoints), publishing to --redis-url like the in-cluster mode and
+reading FILE again whenever it changes; no namespace, peering or API server is involved.
+
 Store: --redis-url publishes snapshots to Redis, where routers read them. Without it snapshots go to
 an in-process store that no other process can read: useful only for tests and single-process demos.
 """
@@ -32,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scope.add_argument("-n", "--namespace", action="append", default=[], dest="namespaces",
                        help="namespace to watch (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    p.add_argument("--policy-file", default=None, metavar="FILE",
+                   help="reconcile the SageSchedPolicy in this YAML file, without Kubernetes")
     p.add_argument("--redis-url", default=os.environ.get("SAGESCHED_REDIS_URL"),
                    help="Redis for pod snapshots (env SAGESCHED_REDIS_URL); none: in-process store")
     p.add_argument("--redis-prefix", default="sagesched", help="key prefix in Redis (default: %(default)s)")
@@ -54,8 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     from sagesched.operator.handlers import run_operator
     from sagesched.operator.settings import OperatorSettings
 
-    if not args.namespaces and not args.all_namespaces:
-        raise SystemExit("sagesched operator: give --namespace NS (repeatable) or --all-namespaces")
+    if not args.namespaces and not args.all_namespaces and not args.policy_file:
+        raise SystemExit("sagesched operator: give --namespace NS (repeatable), --all-namespaces or --policy-file")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = OperatorSettings(
@@ -63,5 +69,10 @@ def _run(args: argparse.Namespace) -> int:
         redis_prefix=args.redis_prefix, standalone=args.standalone, peering_name=args.peering_name,
         priority=args.priority, status_interval_seconds=args.status_interval_seconds,
         api_server=args.api_server, metrics_port=args.metrics_port, verbose=args.verbose)
-    asyncio.run(run_operator(settings))
+    if args.policy_file:
+        from sagesched.operator.policy_file import run_policy_file
+
+        asyncio.run(run_policy_file(args.policy_file, settings))
+    else:
+        asyncio.run(run_operator(settings))
     return 0

@@ -1,7 +1,8 @@
 """The kopf handlers: one per concern.
 
 * validate (create/update/resume): the rules the schema cannot express → InvalidSpec condition;
-* scrape_pods (daemon, one per policy): select pods, scrape them, publish snapshots;
+* scrape_pods (daemon, one per policy): select pods, scrape them, publish snapshots and the policy's
+  scheduler configuration, read which generation the routers serve;
 * report_status (timer): pods summary and Ready/Degraded conditions, at a bounded rate;
 * forget_policy (delete): drop the policy's snapshots from the store;
 * pod_index (kopf index) and track_pool (events): what pods and InferencePools exist.
@@ -15,6 +16,7 @@ import asyncio
 import datetime
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,7 @@ import kopf
 
 from sagesched.operator import metrics as m
 from sagesched.operator.scraper import (PodInfo, ScrapeResult, Target, make_session, scrape_all,
-                                        snapshots_from, target_for)
+                                        snapshots_from, static_targets, target_for)
 from sagesched.operator.settings import OperatorSettings
 from sagesched.operator.spec import InvalidSpec, PodSource, PolicySpec, parse_spec, pool_source
 from sagesched.state.pod_store import PodSnapshotStore, open_store, policy_key
@@ -32,7 +34,7 @@ POLICY = (GROUP, VERSION, PLURAL)
 POOLS = "inferencepools.inference.networking.k8s.io"
 STATUS_TICK_SECONDS = 1.0  # how often the status timer looks; settings bound how often it writes
 INVALID_SPEC_RECHECK_SECONDS = 1.0
-CONDITIONS = ("Ready", "Degraded", "InvalidSpec")  # the status's condition types, in display order
+CONDITIONS = ("Ready", "Degraded", "InvalidSpec", "Applied")  # the status's condition types, in display order
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class PolicyState:
     scraped: bool = False  # a first round has finished: only then is there anything to report
     invalid: bool = False
     store_error: str | None = None
+    published_generation: int | None = None  # of the scheduler configuration in the store
+    applied: dict[str, int] = field(default_factory=dict)  # router id -> generation it serves
     last_status_write: float = float("-inf")
     last_status: dict[str, Any] | None = None
 
@@ -205,39 +209,64 @@ async def scrape_pods(name: str, namespace: str, body: kopf.Body, status: kopf.S
             spec = parse_spec(body.get("spec") or {})  # `body` is live: spec edits show up here
         except InvalidSpec:
             state.invalid = True
-            await _retarget(ctx, state, body, pkey, {}, announce=False)
+            await retarget(ctx, state, _events(body), pkey, {}, announce=False)
             await stopped.wait(INVALID_SPEC_RECHECK_SECONDS)
             continue
         state.invalid = False
-        pods, pool_ports = select_pods(ctx, pod_index, namespace, spec)
-        state.selected = len(pods)
-        targets = targets_for(pods, spec, pool_ports)
-        await _retarget(ctx, state, body, pkey, targets, announce=True)
+        if spec.static_endpoints:
+            targets = static_targets(spec, namespace)
+            state.selected = len(targets)
+        else:
+            pods, pool_ports = select_pods(ctx, pod_index, namespace, spec)
+            state.selected = len(pods)
+            targets = targets_for(pods, spec, pool_ports)
+        await retarget(ctx, state, _events(body), pkey, targets, announce=True)
         if ctx.session.closed:  # the operator is shutting down
             break
-        results = await scrape_all(ctx.session, targets.values(), engine=spec.engine, timeout=spec.scrape_timeout)
-        state.results = {r.target.name: r for r in results}
-        state.scraped = True
-        for r in results:
-            if r.metrics is not None:
-                state.last_ok[r.target.name] = r.scraped_at
-        snapshots = snapshots_from(results, policy=name, models=spec.models, scheduling=spec.scheduling)
-        await _publish(ctx, state, snapshots, spec, logger)
-        m.PODS_TRACKED.labels(namespace, name).set(len(targets))
+        await reconcile_round(ctx, state, spec, (namespace, name), body.meta.get("generation") or 1, logger)
         await stopped.wait(max(0.0, spec.scrape_interval - (loop.time() - started)))
     if stopped.reason and stopped.reason & kopf.DaemonStoppingReason.RESOURCE_DELETED:
         await _forget(ctx, namespace, name)
 
 
-async def _retarget(ctx: OperatorContext, state: PolicyState, body: kopf.Body, pkey: str,
+def _events(body: kopf.Body) -> Callable[[str, str], None]:
+    """Announcements as Kubernetes events on the policy."""
+    return lambda reason, message: kopf.info(body, reason=reason, message=message)
+
+
+async def reconcile_round(ctx: OperatorContext, state: PolicyState, spec: PolicySpec, key: tuple[str, str],
+                          generation: int, logger: Any) -> None:
+    """One round over the current targets, in-cluster or from a policy file: publish the scheduler
+    configuration when its generation is new, scrape, publish snapshots, read what routers serve."""
+    namespace, name = key
+    pkey = policy_key(namespace, name)
+    try:
+        if state.published_generation != generation:
+            await ctx.store.publish_policy(pkey, generation, spec.policy.to_spec())
+            state.published_generation = generation
+        state.applied = await ctx.store.applied(pkey)
+    except Exception as exc:  # redis down: _publish below reports it as Degraded
+        logger.debug(f"publishing the policy failed: {exc!r}")
+    results = await scrape_all(ctx.session, state.targets.values(), engine=spec.engine, timeout=spec.scrape_timeout)
+    state.results = {r.target.name: r for r in results}
+    state.scraped = True
+    for r in results:
+        if r.metrics is not None:
+            state.last_ok[r.target.name] = r.scraped_at
+    snapshots = snapshots_from(results, policy=name, models=spec.models, scheduling=spec.scheduling)
+    await _publish(ctx, state, snapshots, spec, logger)
+    m.PODS_TRACKED.labels(namespace, name).set(len(state.targets))
+
+
+async def retarget(ctx: OperatorContext, state: PolicyState, event: Callable[[str, str], None], pkey: str,
                     targets: dict[str, Target], *, announce: bool) -> None:
     added = [n for n in targets if n not in state.known]
     removed = [n for n in state.known if n not in targets]
     for n in added:
-        kopf.info(body, reason="PodAdded", message=f"scraping pod {n} at {targets[n].metrics_url}")
+        event("PodAdded", f"scraping pod {n} at {targets[n].metrics_url}")
     for n in removed:
         if announce:
-            kopf.info(body, reason="PodRemoved", message=f"pod {n} no longer selected or not ready")
+            event("PodRemoved", f"pod {n} no longer selected or not ready")
         state.results.pop(n, None)
         state.last_ok.pop(n, None)
     if removed:
@@ -320,6 +349,16 @@ def summarize(state: PolicyState, now: float) -> tuple[dict, list[dict]]:
     return {"readyPods": ready, "pods": pods}, conds
 
 
+def applied_condition(applied: dict[str, int], generation: int | None) -> dict:
+    """Applied once every live router of the policy serves this spec generation."""
+    if not applied:
+        return _cond("Applied", False, "NoRouters", "no router scoped to this policy has reported")
+    behind = sorted(r for r, g in applied.items() if g != generation)
+    if behind:
+        return _cond("Applied", False, "Pending", f"{len(behind)} of {len(applied)} routers serve another generation")
+    return _cond("Applied", True, "Applied", f"{len(applied)} routers serve generation {generation}")
+
+
 def _essence(summary: dict, conds: list[dict]) -> tuple:
     """What must reach the status at once; ages and gauges may wait for the next periodic write."""
     return (summary["readyPods"], summary.get("observedGeneration"), tuple(p["name"] for p in summary["pods"]),
@@ -345,6 +384,7 @@ def report_status(name: str, namespace: str, body: kopf.Body, status: kopf.Statu
         if state.invalid or not state.scraped:
             return
         summary, conds = summarize(state, now)
+        conds.append(applied_condition(state.applied, generation))
     summary["observedGeneration"] = generation
     changed = state.last_status is None or _essence(*state.last_status) != _essence(summary, conds)
     if not changed and now - state.last_status_write < ctx.settings.status_interval_seconds:

@@ -110,6 +110,15 @@ def snapshots_from(results: Iterable[ScrapeResult], *, policy: str, models: Iter
             for r in results if r.metrics is not None]
 
 
+def static_targets(spec: Any, namespace: str) -> dict[str, Target]:
+    """The spec's `staticEndpoints` (engines outside Kubernetes), each serving its own /metrics
+    unless the spec names a metricsPort."""
+    targets = [Target(e.name, namespace, e.address,
+                      f"http://{e.host}:{spec.metrics_port or e.address.rsplit(':', 1)[1]}{spec.metrics_path}")
+               for e in spec.static_endpoints]
+    return {t.name: t for t in targets}
+
+
 def make_session(limit: int = 256) -> aiohttp.ClientSession:
     """One pooled session per operator: keep-alive connections make 5 Hz scraping cheap."""
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),

@@ -1,17 +1,19 @@
 """A SageSchedPolicy spec as a typed object, and the rules the CRD schema cannot express.
 
 The schema (manifests/crds/sageschedpolicies.yaml) rejects wrong types, enums and ranges at admission;
-`parse_spec` re-applies the same defaults (kmock and old API servers do not default) and checks
-the cross-field rules. A spec that breaks them raises `InvalidSpec`, which the operator turns into
+`parse_spec` re-applies the same defaults (kmock and old API servers do not default), checks
+the cross-field rules and reads `spec.policy` as the typed `SchedulerConfig` (whose own checks, such
+as a policy's parameter names, no schema can express). A spec that breaks them raises `InvalidSpec`, which the operator turns into
 the InvalidSpec condition instead of retrying forever.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-POLICY_NAMES = ("sagesched", "fcfs", "sjf-mean", "round-robin", "least-requests", "llmd", "oracle")
+from sagesched.scheduling.config import SchedulerConfig
+
 ENGINES = ("vllm", "sglang", "auto")
 SCHEDULING = ("fcfs", "priority")
 DEFAULT_PORT = 8000
@@ -79,10 +81,23 @@ class PodSource:
 
 
 @dataclass(frozen=True)
+class StaticEndpoint:
+    """An engine outside Kubernetes (`spec.staticEndpoints`): routed at `address`, named `name`."""
+
+    name: str
+    address: str  # host:port of its OpenAI server
+
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+
+@dataclass(frozen=True)
 class PolicySpec:
-    policy_name: str
+    policy: SchedulerConfig
     pod_selector: LabelSelector | None = None
     inference_pool: str | None = None
+    static_endpoints: tuple[StaticEndpoint, ...] = ()
     engine: str = "auto"
     scheduling: str = "fcfs"  # the engines' queue order: "priority" = they take our priority field
     serving_port: int | None = None  # None: the metrics port (vLLM serves /metrics on its API port)
@@ -92,8 +107,10 @@ class PolicySpec:
     scrape_interval: float = 0.2
     scrape_timeout: float = 1.0
     snapshot_ttl: float = 5.0
-    policy: Mapping[str, Any] = field(default_factory=dict)
-    predictor: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.name
 
     def endpoint_ports(self, pool_ports: tuple[int, ...] = ()) -> list[tuple[int, int]]:
         """(serving, metrics) port of each engine on a pod. An InferencePool's targetPorts are one
@@ -106,10 +123,12 @@ def parse_spec(spec: Mapping[str, Any]) -> PolicySpec:
     """Typed spec with defaults; raises InvalidSpec for specs that can never work."""
     has_selector = spec.get("podSelector") is not None
     has_pool = spec.get("inferencePoolRef") is not None
-    if has_selector and has_pool:
-        raise InvalidSpec("AmbiguousPods", "set either podSelector or inferencePoolRef, not both")
-    if not has_selector and not has_pool:
-        raise InvalidSpec("NoPodSource", "set podSelector or inferencePoolRef")
+    static = tuple(_static_endpoint(e) for e in spec.get("staticEndpoints") or ())
+    sources = has_selector + has_pool + bool(static)
+    if sources > 1:
+        raise InvalidSpec("AmbiguousPods", "set one of podSelector, inferencePoolRef or staticEndpoints")
+    if not sources:
+        raise InvalidSpec("NoPodSource", "set podSelector, inferencePoolRef or staticEndpoints")
     selector = LabelSelector.from_dict(spec["podSelector"]) if has_selector else None
     if selector is not None and selector.empty:
         raise InvalidSpec("BadSelector", "an empty podSelector would select every pod in the namespace")
@@ -117,10 +136,10 @@ def parse_spec(spec: Mapping[str, Any]) -> PolicySpec:
     if has_pool and not pool:
         raise InvalidSpec("BadPoolRef", "inferencePoolRef.name is required")
 
-    policy = dict(spec.get("policy") or {})
-    name = policy.get("name")
-    if name not in POLICY_NAMES:
-        raise InvalidSpec("UnknownPolicy", f"unknown policy {name!r}; expected one of {', '.join(POLICY_NAMES)}")
+    try:
+        policy = SchedulerConfig.from_spec(spec.get("policy") or {})
+    except ValueError as exc:  # e.g. a parameter the policy does not take: schemas cannot say which
+        raise InvalidSpec("BadPolicy", f"spec.policy: {exc}") from None
     engine = spec.get("engine", "auto")
     if engine not in ENGINES:
         raise InvalidSpec("UnknownEngine", f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
@@ -140,12 +159,20 @@ def parse_spec(spec: Mapping[str, Any]) -> PolicySpec:
     if not path.startswith("/"):
         raise InvalidSpec("BadMetricsPath", "metricsPath must start with '/'")
     return PolicySpec(
-        policy_name=name, pod_selector=selector, inference_pool=pool, engine=engine, scheduling=scheduling,
+        policy=policy, pod_selector=selector, inference_pool=pool, static_endpoints=static, engine=engine,
+        scheduling=scheduling,
         serving_port=spec.get("servingPort"), metrics_port=spec.get("metricsPort"), metrics_path=path,
         models=tuple(spec.get("models") or ()), scrape_interval=interval,
         scrape_timeout=min(timeout, max(interval, 0.01) * 5), snapshot_ttl=ttl,
-        policy=policy, predictor=dict(spec.get("predictor") or {}),
     )
+
+
+def _static_endpoint(raw: Mapping[str, Any]) -> StaticEndpoint:
+    address = str(raw.get("address") or "")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidSpec("BadEndpoint", f"staticEndpoints: address {address!r} is not host:port")
+    return StaticEndpoint(name=raw.get("name") or address, address=address)
 
 
 def pool_source(pool_body: Mapping[str, Any]) -> PodSource:

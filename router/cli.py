@@ -134,6 +134,10 @@ def run_router(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
+    try:
+        settings.scheduler_config()
+    except ValueError as exc:  # e.g. policy_params the policy does not take: a message, not a traceback
+        raise SystemExit(f"invalid scheduler configuration: {exc}") from None
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
     if not settings.backends and not settings.redis_url:

@@ -12,6 +12,8 @@ import logging
 import time
 from collections import Counter, deque
 
+from sagesched.scheduling.config import SchedulerConfig
+from sagesched.scheduling.scheduler import Scheduler
 from sagesched.scheduling.types import SchedRequest
 
 from .continuation import CONTINUING_ENGINES
@@ -25,10 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, scheduler, policy: str, pods: PodSet, settings: RouterSettings,
+    def __init__(self, scheduler, config: SchedulerConfig, pods: PodSet, settings: RouterSettings,
                  metrics: RouterMetrics) -> None:
         self.scheduler = scheduler
-        self.policy = policy
+        self.config = config
+        self.policy = config.name
+        # Running requests dispatched by a scheduler since swapped out: that one keeps their ledger.
+        self._retired: dict[str, Scheduler] = {}
         self.pods = pods
         self.settings = settings
         self.metrics = metrics
@@ -59,13 +64,30 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def swap(self, scheduler: Scheduler, config: SchedulerConfig) -> None:
+        """Serve a new configuration now, losing no request: queued requests move to the new
+        scheduler (keeping their arrival, so their place and aging); running ones stay in the ledger
+        of the scheduler that dispatched them until they leave their pods, because only it knows
+        their cost and load. Meanwhile the new one sees their load in the pods' counts. Waiting for
+        an idle moment instead could wait forever under steady traffic."""
+        old = self.scheduler
+        for req in self.waiting.values():
+            old.cancel(req.id)
+            scheduler.submit(req.sched, req.arrival)
+        self._retired.update({rid: old for rid in self.running if rid not in self._retired})
+        for model, depth in self.depth.items():
+            self.metrics.queue_depth.remove(model, self.policy)
+            self.metrics.queue_depth.labels(model, config.name).set(depth)
+        self.scheduler, self.config, self.policy = scheduler, config, config.name
+        self.wake()
+
     # --- enqueue -------------------------------------------------------------------------------
     def enqueue(self, req: LiveRequest) -> None:
         """Admit `req` to the queue of its model, or refuse it (429 full, 503 no pods)."""
         assert req.distribution is not None
         if not self.has_pod(req.model):
             raise no_pods(req.model)
-        if self.depth[req.model] >= self.settings.max_queue_per_model:
+        if self.depth[req.model] >= self.config.queue.max_per_model:
             raise queue_full(req.model, self.retry_after(req.model))
         req.sched = SchedRequest(
             request_id=req.id, model=req.model, prompt_tokens=req.prompt_tokens, arrival=req.arrival,
@@ -106,7 +128,7 @@ class Dispatcher:
         if req.dispatched.done():  # dispatched inline at enqueue: no timer, no shield
             return req.dispatched.result()
         try:
-            return await asyncio.wait_for(asyncio.shield(req.dispatched), self.settings.queue_timeout_s)
+            return await asyncio.wait_for(asyncio.shield(req.dispatched), self.config.queue.timeout_seconds)
         except asyncio.TimeoutError:
             if self._withdraw(req):
                 raise queue_timeout(asyncio.get_running_loop().time() - req.arrival) from None
@@ -123,7 +145,7 @@ class Dispatcher:
             return self.settings.retry_after_s
         span = asyncio.get_running_loop().time() - done[0]
         rate = len(done) / span if span > 0 else float("inf")
-        return min(max(self.settings.retry_after_s, self.depth[model] / rate), self.settings.queue_timeout_s)
+        return min(max(self.settings.retry_after_s, self.depth[model] / rate), self.config.queue.timeout_seconds)
 
     async def redispatch(self, req: LiveRequest) -> PodEntry:
         """`req`'s pod failed before sending anything: free that placement and queue it again (it
@@ -216,7 +238,7 @@ class Dispatcher:
         if req.preempted:  # tokens still arriving from the pod it is leaving: its next run counts them
             return
         first = req.sched is not None and req.sched.generated <= 0
-        self.scheduler.on_progress(req.id, req.output_tokens)
+        self._retired.get(req.id, self.scheduler).on_progress(req.id, req.output_tokens)
         if req.pod is not None:
             req.pod.started(req.id)
         if first and self.waiting:
@@ -231,7 +253,7 @@ class Dispatcher:
             self._withdraw(req)
             return
         now = asyncio.get_running_loop().time()
-        self.scheduler.on_finish(req.id, now)
+        self._retired.pop(req.id, self.scheduler).on_finish(req.id, now)
         self._finishes.setdefault(req.model, deque(maxlen=64)).append(now)
         if req.pod is not None:
             req.pod.finished(req.id)

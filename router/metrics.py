@@ -29,6 +29,7 @@ PREEMPTIONS = "sagesched_preemptions_total"
 RESUMES = "sagesched_resumes_total"
 RECOMPUTED_TOKENS = "sagesched_recomputed_tokens_total"
 UNPREEMPTIBLE = "sagesched_unpreemptible_requests_total"
+POLICY_INFO = "sagesched_policy_info"
 
 HELP = {
     QUEUE_DEPTH: "Requests waiting in the router's admission queue.",
@@ -58,6 +59,8 @@ HELP = {
                        "prefix-cache hits say how much of it was not recomputed).",
     UNPREEMPTIBLE: "Requests never preempted because a continuation could not reproduce them (reason: unary, "
                    "client_opt_out, best_of, logprobs, tools, structured_output, token_prompt, echo, engine).",
+    POLICY_INFO: "The scheduler configuration this router serves (always 1): its SageSchedPolicy (namespace/name; "
+                 "empty when configured by flags), the policy, and the spec generation (0: flags).",
 }
 
 # Latency buckets from sub-millisecond router work up to multi-minute generations.
@@ -105,6 +108,12 @@ class RouterMetrics:
                                          registry=r)
         self.unpreemptible = Counter(UNPREEMPTIBLE.removesuffix("_total"), HELP[UNPREEMPTIBLE], ["reason"],
                                      registry=r)
+        self.policy_info = Gauge(POLICY_INFO, HELP[POLICY_INFO], ["policy_name", "policy", "generation"], registry=r)
+
+    def serving_policy(self, policy_name: str, policy: str, generation: int) -> None:
+        """One series: the configuration served now replaces the previous one."""
+        self.policy_info.clear()
+        self.policy_info.labels(policy_name, policy, str(generation)).set(1)
 
     def pod_added(self, pod: str) -> None:
         """Per-pod counters start at 0 when the pod is known, not at its first event: a rate over a

@@ -19,9 +19,8 @@ from typing import Any
 
 import aiohttp
 
-from sagesched.scheduling import HistoryEstimator, Scheduler, make_policy
-from sagesched.scheduling.admission import Admission
-from sagesched.scheduling.preemption import Preemption
+from sagesched.scheduling import HistoryEstimator, Scheduler
+from sagesched.scheduling.config import SchedulerConfig
 from sagesched.scheduling.priority import LOWER_FIRST
 from sagesched.state.history import CompletionRecord, HistoryStore, InProcessHistoryStore
 
@@ -34,6 +33,7 @@ from .predict import PredictStage
 from .proxy import Upstream
 from .request import LiveRequest
 from .settings import RouterSettings
+from .sync import StoreSync
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,8 @@ MAX_PENDING_RECORDS = 1024
 
 
 def make_scheduler(settings: RouterSettings) -> Scheduler:
-    """The scheduling core's one Scheduler, with the configured policy and its parameters."""
-    q = settings.memory_gate_quantile
-    admission = Admission() if q is None else Admission(memory_aware=True, quantile=q)
-    preemption = Preemption(enabled=settings.preemption, bucket_tokens=settings.preemption_bucket_tokens,
-                            max_per_request=settings.max_preemptions_per_request)
-    return Scheduler(make_policy(settings.policy, **settings.policy_params), admission=admission,
-                     aging_rate=settings.aging_rate, preemption=preemption)
+    """The scheduling core's one Scheduler, as the settings configure it."""
+    return settings.scheduler_config().build()
 
 
 class Router:
@@ -69,29 +64,49 @@ class Router:
         self.settings = settings
         self.metrics = metrics or RouterMetrics()
         self.pods = PodSet(settings, self.metrics, store=pod_store)
-        self.scheduler = scheduler if scheduler is not None else make_scheduler(settings)
-        self.dispatcher = Dispatcher(self.scheduler, settings.policy, self.pods, settings, self.metrics)
+        config = settings.scheduler_config()
+        self.dispatcher = Dispatcher(scheduler if scheduler is not None else config.build(), config, self.pods,
+                                     settings, self.metrics)
+        self.metrics.serving_policy(settings.store_policy or "", config.name, 0)
         self.predictor = PredictStage(estimator if estimator is not None else HistoryEstimator(), self.metrics,
                                       predictor_client, settings.predictor_deadline_s)
         self.predictor_client = predictor_client
         self.upstream = Upstream(settings)
         self.history: HistoryStore = history or InProcessHistoryStore(settings.history_maxlen)
         self._background: set[asyncio.Task] = set()
+        self.sync = StoreSync(self, pod_store) if pod_store is not None else None
+        self._sync_task: asyncio.Task | None = None
         self.started = False
         self.draining = False  # shutting down: not ready, finishing what it has
 
     @property
+    def scheduler(self) -> Scheduler:
+        return self.dispatcher.scheduler
+
+    @property
     def policy(self) -> str:
-        return self.settings.policy
+        return self.dispatcher.policy
+
+    def apply(self, config: SchedulerConfig, generation: int) -> None:
+        """Serve `config` (generation `generation` of the SageSchedPolicy) from now on, without a
+        restart: a new Scheduler swapped in by the dispatcher. The predictor block is read only at
+        start (its client and deadline are built once)."""
+        self.dispatcher.swap(config.build(), config)
+        self.metrics.serving_policy(self.settings.store_policy or "", config.name, generation)
 
     async def start(self) -> None:
         await self.upstream.start()
         await self.pods.start()
         self.dispatcher.start()
+        if self.sync is not None:
+            self._sync_task = asyncio.create_task(self.sync.run(), name="store-sync")
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, return_exceptions=True)
         await self.dispatcher.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=self.settings.drain_timeout_s)

@@ -59,6 +59,9 @@ class PodEntry:
     # hold them wherever they are. Left waiting, they would shut the waiting gate of every pod
     # after `engine_buffer` of them.
     unwatched: set[str] = field(default_factory=set)
+    # Other router replicas' requests in flight here (shared through the store, router/sync.py): the
+    # pod holds at least ours and theirs, whatever its last scrape said.
+    others: int = 0
     # Consecutive failed requests (connect errors, 5xx); at `eject_after_failures` the pod is
     # ejected: it takes nothing new until a health probe (static pods) or a fresh ready snapshot
     # (store pods) readmits it.
@@ -133,7 +136,8 @@ class PodEntry:
         scrape and already decoding must not hold the pod's admission until the next scrape)."""
         snap = self.snapshot
         stale = snap is None or not self.listed or snap.is_stale(now_unix, max_age)
-        total = max(0, (snap.num_running + snap.num_waiting if snap else 0) + self.delta)
+        total = max(0, (snap.num_running + snap.num_waiting if snap else 0) + self.delta,
+                    len(self.inflight) + self.others)
         others_waiting = max(0, (snap.num_waiting if snap else 0) - self.unstarted_at_snapshot)
         waiting = min(total, others_waiting + len(self.unstarted))
         running = total - waiting

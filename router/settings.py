@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sagesched.podmetrics import ENGINES
+from sagesched.scheduling.config import SchedulerConfig
 from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
 
@@ -119,6 +120,18 @@ class RouterSettings:
     # known, stale, until its last snapshot is this old: requests wait through an operator restart.
     unlisted_pod_max_age_s: float = 300.0
     redis_prefix: str = "sagesched"  # key prefix of the pod snapshots in Redis: the operator's --redis-prefix
+
+    def scheduler_config(self) -> SchedulerConfig:
+        """The scheduling fields (flags, YAML keys) as the one typed configuration the CRD's
+        `spec.policy` also maps onto; ValueError names each invalid field."""
+        return SchedulerConfig.from_spec({
+            "name": self.policy, "params": self.policy_params, "aging_rate": self.aging_rate,
+            "admission": {"memory_gate_quantile": self.memory_gate_quantile},
+            "preemption": {"enabled": self.preemption, "bucket_tokens": self.preemption_bucket_tokens,
+                           "max_per_request": self.max_preemptions_per_request},
+            "predictor": {"endpoint": self.predictor_address, "deadline_ms": self.predictor_deadline_s * 1000},
+            "queue": {"max_per_model": self.max_queue_per_model, "timeout_seconds": self.queue_timeout_s},
+        })
 
     def __repr__(self) -> str:
         """Settings get logged; the admin token and a Redis password must not be."""

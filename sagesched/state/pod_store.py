@@ -17,6 +17,11 @@ Redis key layout (prefix defaults to ``sagesched``)::
     {p}:policy:{ns}/{policy}      ZSET    member pod name, score = expiry (unix ms); key PX = ttl
     {p}:model:{model}             ZSET    member "{ns}/{policy}/{pod}", score = expiry; key PX = ttl
     {p}:policies                  ZSET    member "{ns}/{policy}", score = expiry; key PX = ttl
+    {p}:config:{ns}/{policy}      STRING  {"generation": g, "config": spec.policy}; no TTL (routers keep
+                                          applying the last one through an operator gap)
+    {p}:applied:{ns}/{policy}     HASH    router id -> {"generation": g, "expires": unix ms}; key PX = ttl
+    {p}:inflight:{router}         HASH    pod name -> this router's requests in flight there; key PX = ttl
+    {p}:routers                   ZSET    member router id, score = expiry (the in-flight publishers)
 
 Index entries carry their own expiry as the score, because Redis cannot expire single members:
 readers ignore members whose score is in the past, and writers trim them (ZREMRANGEBYSCORE).
@@ -24,6 +29,7 @@ readers ignore members whose score is in the past, and writers trim them (ZREMRA
 from __future__ import annotations
 
 import abc
+import json
 import time
 from collections.abc import Iterable
 
@@ -65,6 +71,32 @@ class PodSnapshotStore(abc.ABC):
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
 
+    # --- the policy's scheduler configuration and who applies it --------------------------------
+    @abc.abstractmethod
+    async def publish_policy(self, policy: str, generation: int, config: dict) -> None:
+        """The scheduler configuration (`spec.policy`) of `policy` at spec `generation`."""
+
+    @abc.abstractmethod
+    async def get_policy(self, policy: str) -> tuple[int, dict] | None:
+        """(generation, configuration) last published for `policy`, or None."""
+
+    @abc.abstractmethod
+    async def report_applied(self, policy: str, router: str, generation: int, ttl: float) -> None:
+        """Router `router` serves `generation` of `policy`; the report lapses after `ttl` s."""
+
+    @abc.abstractmethod
+    async def applied(self, policy: str) -> dict[str, int]:
+        """The generation each live router of `policy` serves."""
+
+    # --- in-flight counts shared by active-active routers -----------------------------------------
+    @abc.abstractmethod
+    async def publish_inflight(self, router: str, counts: dict[str, int], ttl: float) -> None:
+        """`router`'s requests in flight per pod (replacing its previous report), lapsing after `ttl` s."""
+
+    @abc.abstractmethod
+    async def inflight(self, *, exclude: str) -> dict[str, int]:
+        """Requests in flight per pod, summed over the live routers other than `exclude`."""
+
 
 class InProcessPodStore(PodSnapshotStore):
     """The same contract in a dict: for one process (demo, tests, a single router replica)."""
@@ -72,6 +104,9 @@ class InProcessPodStore(PodSnapshotStore):
     def __init__(self, clock=time.time) -> None:
         self._clock = clock
         self._items: dict[tuple[str, str], tuple[float, PodSnapshot]] = {}
+        self._configs: dict[str, tuple[int, dict]] = {}
+        self._applied: dict[str, dict[str, tuple[float, int]]] = {}  # policy -> router -> (expiry, gen)
+        self._inflight: dict[str, tuple[float, dict[str, int]]] = {}  # router -> (expiry, counts)
 
     async def publish_many(self, snapshots: Iterable[PodSnapshot], ttl: float) -> None:
         expiry = self._clock() + ttl
@@ -100,6 +135,29 @@ class InProcessPodStore(PodSnapshotStore):
     async def delete(self, policy: str, name: str | None = None) -> None:
         for key in [k for k in self._items if k[0] == policy and (name is None or k[1] == name)]:
             del self._items[key]
+        if name is None:
+            self._configs.pop(policy, None)
+            self._applied.pop(policy, None)
+
+    async def publish_policy(self, policy: str, generation: int, config: dict) -> None:
+        self._configs[policy] = (generation, dict(config))
+
+    async def get_policy(self, policy: str) -> tuple[int, dict] | None:
+        return self._configs.get(policy)
+
+    async def report_applied(self, policy: str, router: str, generation: int, ttl: float) -> None:
+        self._applied.setdefault(policy, {})[router] = (self._clock() + ttl, generation)
+
+    async def applied(self, policy: str) -> dict[str, int]:
+        now = self._clock()
+        return {r: g for r, (exp, g) in self._applied.get(policy, {}).items() if exp > now}
+
+    async def publish_inflight(self, router: str, counts: dict[str, int], ttl: float) -> None:
+        self._inflight[router] = (self._clock() + ttl, dict(counts))
+
+    async def inflight(self, *, exclude: str) -> dict[str, int]:
+        now = self._clock()
+        return _summed(c for r, (exp, c) in self._inflight.items() if r != exclude and exp > now)
 
 
 class RedisPodStore(PodSnapshotStore):
@@ -155,8 +213,7 @@ class RedisPodStore(PodSnapshotStore):
 
     async def _members(self, key: str) -> list[str]:
         now_ms = int(time.time() * 1000)
-        return [m.decode() if isinstance(m, bytes) else m
-                for m in await self._redis.zrangebyscore(key, now_ms, "+inf")]
+        return [_text(m) for m in await self._redis.zrangebyscore(key, now_ms, "+inf")]
 
     async def list(self, *, policy: str | None = None, model: str | None = None) -> list[PodSnapshot]:
         if model is not None:
@@ -178,9 +235,8 @@ class RedisPodStore(PodSnapshotStore):
 
     async def delete(self, policy: str, name: str | None = None) -> None:
         names = [name] if name is not None else await self._members(self.policy_index_key(policy))
-        if not names:
-            return
-        snaps = [s for s in await self._redis.mget([self.pod_key(policy, n) for n in names]) if s]
+        keys = [self.pod_key(policy, n) for n in names]
+        snaps = [s for s in await self._redis.mget(keys) if s] if keys else []
         pipe = self._redis.pipeline(transaction=False)
         for n in names:
             pipe.delete(self.pod_key(policy, n))
@@ -191,14 +247,86 @@ class RedisPodStore(PodSnapshotStore):
                 pipe.zrem(self.model_index_key(model), f"{policy}/{snap.name}")
         if name is None:
             pipe.zrem(self.policies_key, policy)
-            pipe.delete(self.policy_index_key(policy))
+            pipe.delete(self.policy_index_key(policy), self.config_key(policy), self.applied_key(policy))
         await pipe.execute()
+
+    def config_key(self, policy: str) -> str:
+        return f"{self.prefix}:config:{policy}"
+
+    def applied_key(self, policy: str) -> str:
+        return f"{self.prefix}:applied:{policy}"
+
+    def inflight_key(self, router: str) -> str:
+        return f"{self.prefix}:inflight:{router}"
+
+    async def publish_policy(self, policy: str, generation: int, config: dict) -> None:
+        await self._redis.set(self.config_key(policy), json.dumps({"generation": generation, "config": config}))
+
+    async def get_policy(self, policy: str) -> tuple[int, dict] | None:
+        raw = await self._redis.get(self.config_key(policy))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return int(data["generation"]), data["config"]
+
+    async def report_applied(self, policy: str, router: str, generation: int, ttl: float) -> None:
+        ttl_ms = max(1, int(ttl * 1000))
+        entry = json.dumps({"generation": generation, "expires": int(time.time() * 1000) + ttl_ms})
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(self.applied_key(policy), router, entry)
+        pipe.pexpire(self.applied_key(policy), ttl_ms, nx=True)  # as the indexes: only ever extended
+        pipe.pexpire(self.applied_key(policy), ttl_ms, gt=True)
+        await pipe.execute()
+
+    async def applied(self, policy: str) -> dict[str, int]:
+        now_ms = int(time.time() * 1000)
+        entries = {_text(r): json.loads(v) for r, v in (await self._redis.hgetall(self.applied_key(policy))).items()}
+        return {r: int(e["generation"]) for r, e in entries.items() if e["expires"] > now_ms}
+
+    async def publish_inflight(self, router: str, counts: dict[str, int], ttl: float) -> None:
+        ttl_ms = max(1, int(ttl * 1000))
+        now_ms = int(time.time() * 1000)
+        key = self.inflight_key(router)
+        pipe = self._redis.pipeline(transaction=True)  # readers never see a half-replaced report
+        pipe.delete(key)
+        if counts:
+            pipe.hset(key, mapping=counts)
+            pipe.pexpire(key, ttl_ms)
+        pipe.zadd(self.routers_key, {router: now_ms + ttl_ms})
+        pipe.zremrangebyscore(self.routers_key, "-inf", now_ms)
+        await pipe.execute()
+
+    @property
+    def routers_key(self) -> str:
+        return f"{self.prefix}:routers"
+
+    async def inflight(self, *, exclude: str) -> dict[str, int]:
+        routers = [r for r in await self._members(self.routers_key) if r != exclude]
+        if not routers:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for router in routers:
+            pipe.hgetall(self.inflight_key(router))
+        reports = await pipe.execute()
+        return _summed({_text(k): int(v) for k, v in report.items()} for report in reports)
 
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _summed(reports: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for report in reports:
+        for pod, n in report.items():
+            total[pod] = total.get(pod, 0) + n
+    return total
 
 
 def open_store(redis_url: str | None, **kwargs) -> PodSnapshotStore:

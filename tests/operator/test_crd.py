@@ -57,7 +57,8 @@ def test_examples_match_the_crds_own_schema(path, schema):
     (lambda s: s.update(scrapeIntervalSeconds=0.01), "scrape interval minimum"),
     (lambda s: s.update(engine="trt"), "engine enum"),
     (lambda s: s.update(metricsPort=70000), "port range"),
-    (lambda s: s["policy"].update(admissionQuantile=1.5), "quantile range"),
+    (lambda s: s["policy"].update(admission={"memoryGateQuantile": 1.5}), "quantile range"),
+    (lambda s: s["policy"].update(queue={"timeoutSeconds": 0}), "timeout minimum"),
     (lambda s: s.pop("policy"), "policy required"),
 ])
 def test_schema_rejects_what_it_can(schema, change, where):
@@ -108,3 +109,42 @@ def test_defaulted_specs_keep_the_operators_derived_defaults():
     assert spec.endpoint_ports() == [(9000, 9000)]
     assert parse_spec(with_defaults(SPEC_SCHEMA, {"policy": {"name": "fcfs"}, "podSelector": SELECTOR,
                                                   "servingPort": 8080})).endpoint_ports() == [(8080, 8080)]
+
+
+def test_the_crds_policy_block_is_the_typed_scheduler_configuration(crd):
+    """spec.policy is `SchedulerConfig` rendered as a structural schema: the two cannot drift."""
+    from sagesched.scheduling.config import crd_schema as config_schema
+
+    version = next(v for v in crd["spec"]["versions"] if v["storage"])
+    assert version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["policy"] == config_schema()
+
+
+@pytest.mark.parametrize("policy, reason", [
+    ({"name": "fcfs", "params": {"levels": 3}}, "takes no parameters"),
+    ({"name": "fastserve", "params": {"levelz": 3}}, "takes no parameters"),
+    ({"name": "fcfs", "queue": {"maxPerModel": 10, "burst": 1}}, "queue.burst"),
+])
+def test_policy_parameters_the_schema_cannot_judge_are_an_invalid_spec(policy, reason):
+    with pytest.raises(InvalidSpec, match=reason) as info:
+        parse_spec({"podSelector": SELECTOR, "policy": policy})
+    assert info.value.reason == "BadPolicy"
+
+
+def test_static_endpoints_are_a_pod_source_of_their_own():
+    spec = {"policy": {"name": "fcfs"}, "staticEndpoints": [{"address": "127.0.0.1:8001"}]}
+    assert cel_violations(SPEC_SCHEMA, spec) == []
+    assert [e.address for e in parse_spec(spec).static_endpoints] == ["127.0.0.1:8001"]
+    both = dict(spec, podSelector=SELECTOR)
+    assert cel_violations(SPEC_SCHEMA, both)
+    with pytest.raises(InvalidSpec):
+        parse_spec(both)
+
+
+def test_router_flags_map_onto_the_same_configuration_and_bad_parameters_are_refused():
+    from sagesched.router.settings import RouterSettings
+
+    config = RouterSettings(policy="fastserve", policy_params={"levels": 3}, max_queue_per_model=7).scheduler_config()
+    assert config.params == {"levels": 3} and config.queue.max_per_model == 7
+    assert config.build().policy.levels == 3
+    with pytest.raises(ValueError, match="takes no parameters"):
+        RouterSettings(policy="fcfs", policy_params={"levels": 3}).scheduler_config()

@@ -72,3 +72,29 @@ async def test_redis_index_keys_expire_with_their_last_snapshot(redis_url):
             await asyncio.sleep(0.05)
     finally:
         await store.close()
+
+
+async def test_a_policys_configuration_is_published_and_deleted_with_it(store):
+    assert await store.get_policy("ns/p1") is None
+    await store.publish_policy("ns/p1", 3, {"name": "fcfs"})
+    assert await store.get_policy("ns/p1") == (3, {"name": "fcfs"})
+    await store.delete("ns/p1")
+    assert await store.get_policy("ns/p1") is None
+
+
+async def test_routers_applied_generations_lapse_with_their_reports(store):
+    await store.report_applied("ns/p1", "r1", 2, ttl=30)
+    await store.report_applied("ns/p1", "r2", 1, ttl=0.05)
+    assert await store.applied("ns/p1") == {"r1": 2, "r2": 1}
+    await asyncio.sleep(0.1)
+    assert await store.applied("ns/p1") == {"r1": 2}
+
+
+async def test_inflight_counts_sum_the_other_live_routers_reports(store):
+    await store.publish_inflight("r1", {"a": 2, "b": 1}, ttl=30)
+    await store.publish_inflight("r2", {"a": 3}, ttl=30)
+    await store.publish_inflight("r3", {"a": 5}, ttl=0.05)
+    await store.publish_inflight("r2", {"a": 1}, ttl=30)  # replaces r2's earlier report
+    await asyncio.sleep(0.1)
+    assert await store.inflight(exclude="r1") == {"a": 1}
+    assert await store.inflight(exclude="r2") == {"a": 2, "b": 1}

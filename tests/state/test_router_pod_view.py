@@ -86,3 +86,31 @@ async def test_router_reads_snapshots_under_the_operators_redis_prefix(redis_url
     finally:
         await server.stop()
         await publisher.close()
+
+
+async def test_active_active_routers_count_each_others_requests_on_shared_pods(redis_url):
+    """Two routers on the same pods: each publishes its in-flight requests per pod and counts the
+    other's in its pod view, so neither sees a pod the other just filled as empty."""
+    from sagesched.router.pipeline import Router
+
+    stores = [RedisPodStore(redis_url), RedisPodStore(redis_url)]
+    await stores[0].publish_many([snap("pod-a", num_running=0)], ttl=30)
+    routers = [Router(RouterSettings(scrape_interval_s=0.05), pod_store=s) for s in stores]
+    try:
+        for router in routers:
+            await router.pods.start()
+            await eventually(lambda: "pod-a" in router.pods.pods)
+        for i in range(3):
+            routers[0].pods.pods["pod-a"].dispatched(f"r{i}")
+        await routers[0].sync.once()
+        await routers[1].sync.once()
+        (view,) = routers[1].pods.views()
+        assert view.outstanding == 3
+        routers[0].pods.pods["pod-a"].finished("r0")
+        await routers[0].sync.once()
+        await routers[1].sync.once()
+        assert routers[1].pods.views()[0].outstanding == 2
+    finally:
+        for router, store in zip(routers, stores):
+            await router.pods.stop()
+            await store.close()

@@ -1,0 +1,136 @@
+"""The one scheduler configuration: policy and parameters, aging, admission, preemption, predictor,
+queue limits.
+
+The same object sits behind the router's flags and YAML (`RouterSettings.scheduler_config`), the
+CRD's `spec.policy` (camelCase keys: `SchedulerConfig.from_spec`) and what the operator publishes
+for routers to apply live. `crd_schema()` renders it as the CRD's structural schema; a test holds
+manifests/crds/sageschedpolicies.yaml to it, so the two cannot drift.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from sagesched.scheduling.admission import DEFAULT_QUANTILE, Admission
+from sagesched.scheduling.policies import POLICIES, make_policy
+from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS, Preemption
+from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE, Scheduler
+
+PolicyName = Literal[tuple(sorted(POLICIES))]  # type: ignore[valid-type]
+
+
+class _Block(BaseModel):
+    """camelCase on the wire (CRD, Redis), snake_case in Python; unknown keys are errors."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class AdmissionConfig(_Block):
+    memory_gate_quantile: Optional[float] = Field(
+        None, ge=0.5, le=0.999,
+        description="Admit to a pod only if this quantile of its requests' KV need fits its free KV; "
+                    "absent: off (the engine's block check decides, preemption corrects).")
+    engine_buffer: int = Field(4, ge=1, le=1024, description="Requests a pod may hold not yet streaming.")
+
+
+class PreemptionConfig(_Block):
+    enabled: bool = Field(True, description="Preemptive policies may stop a running stream and resume it later.")
+    bucket_tokens: int = Field(DEFAULT_BUCKET_TOKENS, ge=1, le=65536,
+                               description="A running request's rank is refreshed every this many tokens.")
+    max_per_request: int = Field(2, ge=0, le=100, description="Preemptions of one request before it runs to the end.")
+
+
+class PredictorConfig(_Block):
+    endpoint: Optional[str] = Field(None, description="host:port of the predictor gRPC service; absent: history only.")
+    deadline_ms: float = Field(5.0, ge=0.1, le=10000, description="Wait at most this for a prediction.")
+
+
+class QueueConfig(_Block):
+    max_per_model: int = Field(1024, ge=1, le=1000000, description="Queued requests per model before 429.")
+    timeout_seconds: float = Field(120.0, ge=0.1, le=3600, description="Seconds queued before 504.")
+
+
+class SchedulerConfig(_Block):
+    name: PolicyName = Field(description="The scheduling policy.")
+    params: dict[str, float] = Field(default_factory=dict, description="The policy's own parameters.")
+    aging_rate: float = Field(
+        DEFAULT_AGING_RATE, ge=0,
+        description="A waiting request's rank shrinks by e^(-agingRate*wait/T), T the running mean time "
+                    "requests spend on a pod; bounds starvation.")
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    preemption: PreemptionConfig = Field(default_factory=PreemptionConfig)
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "SchedulerConfig":
+        """A policy's parameters are its constructor's: checked here so that a wrong one is a
+        configuration error (an InvalidSpec condition, a CLI message), not a router crash."""
+        taken = _policy_params(self.name)
+        unknown = sorted(set(self.params) - set(taken))
+        if unknown:
+            raise ValueError(f"policy {self.name!r} takes no parameters {unknown}; it takes {sorted(taken) or 'none'}")
+        return self
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "SchedulerConfig":
+        """From the CRD's `spec.policy` (or the JSON the operator publishes); raises ValueError
+        with one line per bad field (pydantic's own message adds URLs and input dumps)."""
+        try:
+            return cls.model_validate(dict(spec))
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'policy'}: {e['msg']}"
+                                       for e in exc.errors())) from None
+
+    def to_spec(self) -> dict[str, Any]:
+        """The camelCase form `from_spec` reads back (what the operator publishes)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+    def build(self) -> Scheduler:
+        """A new Scheduler with this configuration (the router swaps it in on a change)."""
+        q = self.admission.memory_gate_quantile
+        admission = Admission(memory_aware=q is not None, quantile=DEFAULT_QUANTILE if q is None else q,
+                              engine_buffer=self.admission.engine_buffer)
+        p = self.preemption
+        preemption = Preemption(enabled=p.enabled, bucket_tokens=p.bucket_tokens, max_per_request=p.max_per_request)
+        defaults = _policy_params(self.name)
+        params = {k: type(defaults[k])(v) for k, v in self.params.items()}  # 4.0 levels → 4
+        return Scheduler(make_policy(self.name, **params), admission=admission, aging_rate=self.aging_rate,
+                         preemption=preemption)
+
+
+def _policy_params(name: str) -> dict[str, Any]:
+    """The keyword parameters a policy's constructor takes, with their defaults."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = list(inspect.signature(POLICIES[name].__init__).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.kind in kinds}
+
+
+def crd_schema() -> dict[str, Any]:
+    """`SchedulerConfig` as a Kubernetes structural schema (no $ref, no anyOf, no titles)."""
+    raw = SchedulerConfig.model_json_schema(by_alias=True)
+    return _structural(raw, raw.get("$defs", {}))
+
+
+_KEPT = ("type", "description", "enum", "minimum", "maximum", "default", "required")
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        return _structural({**defs[node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}},
+                           defs)
+    if "anyOf" in node:  # Optional[X]: X, which may be absent
+        (inner,) = [n for n in node["anyOf"] if n.get("type") != "null"]
+        return _structural({**inner, **{k: v for k, v in node.items() if k != "anyOf"}}, defs)
+    out = {k: node[k] for k in _KEPT if k in node and node[k] is not None}
+    if node.get("type") == "object":
+        out.pop("default", None)  # nested blocks: their fields carry the defaults
+        if "properties" in node:
+            out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
+        if isinstance(node.get("additionalProperties"), dict):
+            out["additionalProperties"] = _structural(node["additionalProperties"], defs)
+    return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -75,6 +75,8 @@ class Router:
         self.history: HistoryStore = history or InProcessHistoryStore(settings.history_maxlen)
         self._background: set[asyncio.Task] = set()
         self.sync = StoreSync(self, pod_store) if pod_store is not None else None
+        # called with each scheduler a live configuration swaps in (gateway mode re-wraps its policy)
+        self.on_swap: list[Callable[[Scheduler], object]] = []
         self._sync_task: asyncio.Task | None = None
         self.started = False
         self.draining = False  # shutting down: not ready, finishing what it has
@@ -91,7 +93,10 @@ class Router:
         """Serve `config` (generation `generation` of the SageSchedPolicy) from now on, without a
         restart: a new Scheduler swapped in by the dispatcher. The predictor block is read only at
         start (its client and deadline are built once)."""
-        self.dispatcher.swap(config.build(), config)
+        scheduler = config.build()
+        self.dispatcher.swap(scheduler, config)
+        for hook in self.on_swap:
+            hook(scheduler)
         self.metrics.serving_policy(self.settings.store_policy or "", config.name, generation)
 
     async def start(self) -> None:

@@ -63,6 +63,7 @@ class RouterBackend:
         self.router = router
         self.max_fallbacks = max_fallbacks
         self.placement = GatewayPlacement.install(router.scheduler, max_fallbacks)
+        router.on_swap.append(self.placement.attach)
 
     # --- request path ------------------------------------------------------------------------------
     async def pick(self, request: GatewayRequest, subset: frozenset[str] | None) -> GatewayTicket:

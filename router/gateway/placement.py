@@ -39,9 +39,18 @@ class GatewayPlacement(Policy):
     @classmethod
     def install(cls, scheduler: Scheduler, max_fallbacks: int) -> "GatewayPlacement":
         """Wrap `scheduler`'s policy once (several backends over one router share the wrapper)."""
-        if not isinstance(scheduler.policy, cls):
-            scheduler.policy = cls(scheduler.policy, max_fallbacks)
-        return scheduler.policy
+        if isinstance(scheduler.policy, cls):
+            return scheduler.policy
+        return cls(scheduler.policy, max_fallbacks).attach(scheduler)
+
+    def attach(self, scheduler: Scheduler) -> "GatewayPlacement":
+        """Wrap `scheduler`'s policy with this wrapper: after a live configuration swap the new
+        scheduler keeps the subsets of the requests it took over from the old one."""
+        if scheduler.policy is not self:
+            self.inner = scheduler.policy
+            self.central_queue = self.inner.central_queue  # type: ignore[misc]
+            scheduler.policy = self
+        return self
 
     def expect(self, request_id: str, subset: frozenset[str] | None) -> Placement:
         placement = self._requests[request_id] = Placement(subset)

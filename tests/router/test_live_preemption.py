@@ -8,116 +8,16 @@ uninterrupted request would have produced, one id, one finish reason, usage for 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
 
-from sagesched.emulator import PodConfig, start_pods
 from sagesched.emulator.text import generated_text
-from sagesched.engine import load_profile
-
-from sagesched.router.settings import Backend
 
 from .conftest import MODEL
-
-LONG = 1200
-SHORT = 20
-SHORTS = 8  # more than the pod's one sequence and the router's engine buffer of 4: some queue at the router
-STARTED = 150  # the long stream has streamed this much when the shorts arrive (past the first refresh bucket)
-
-
-@pytest.fixture
-async def slow_pods(tmp_path: Path):
-    """Pods of one sequence each, slow enough (time scale 0.05) that a long stream is still running
-    when the shorts arrive, with priority scheduling (the router's order reaches the engine)."""
-    started = []
-
-    async def start(count: int) -> list:
-        profile = load_profile().with_overrides(name="one-seq", max_num_seqs=1)
-        path = tmp_path / "one-seq.json"
-        path.write_text(profile.to_json())
-        pods = await start_pods(count, PodConfig(model=MODEL, profile=str(path), time_scale=0.05,
-                                                 scheduling="priority"))
-        started.extend(pods)
-        return pods
-
-    yield start
-    for pod in started:
-        await pod.stop()
-
-
-def _body(max_tokens: int, chat: bool = True, **extra) -> dict:
-    prompt = {"messages": [{"role": "user", "content": "tell me a story"}]} if chat else {"prompt": "Once upon"}
-    return {"model": MODEL, **prompt, "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}, **extra}
-
-
-class Stream:
-    """One raw SSE stream as a client receives it."""
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.ids: set[str] = set()
-        self.finish: list[str] = []
-        self.usage: dict | None = None
-        self.tokens = asyncio.Event()
-        self.status = 0
-
-    def take(self, data: dict) -> None:
-        self.ids.add(data["id"])
-        self.usage = data.get("usage") or self.usage
-        for choice in data["choices"]:
-            self.text.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
-            if choice.get("finish_reason"):
-                self.finish.append(choice["finish_reason"])
-        if len("".join(self.text).split()) >= STARTED:
-            self.tokens.set()
-
-
-async def _stream(session: aiohttp.ClientSession, url: str, body: dict, out: Stream | None = None,
-                  headers: dict | None = None) -> Stream:
-    out = out or Stream()
-    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
-    try:
-        async with session.post(url + path, json=body, headers=headers or {}) as resp:
-            out.status = resp.status
-            async for line in resp.content:
-                if line.startswith(b"data: {"):
-                    out.take(json.loads(line[len(b"data: "):]))
-    finally:
-        out.tokens.set()
-    return out
-
-
-async def long_then_shorts(url: str, long_body: dict, headers: dict | None = None) -> tuple[Stream, list[Stream]]:
-    """The long stream, and once it has streamed STARTED tokens, SHORTS short ones; all finished."""
-    async with aiohttp.ClientSession() as session:
-        long = Stream()
-        task = asyncio.create_task(_stream(session, url, long_body, long, headers))
-        await long.tokens.wait()
-        shorts = await asyncio.gather(*(_stream(session, url, _body(SHORT)) for _ in range(SHORTS)))
-        return await task, list(shorts)
-
-
-async def metric(url: str, name: str, **labels: str) -> float:
-    """Sum of a metric's samples whose labels include `labels`."""
-    async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
-        text = await resp.text()
-    total = 0.0
-    for sample_labels, value in re.findall(rf"^{re.escape(name)}(?:{{([^}}]*)}})? (\S+)$", text, re.M):
-        if all(f'{k}="{v}"' in sample_labels for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
-async def start_router(make_router, pods: list, **overrides):
-    backends = [Backend(url=p.base_url, scheduling="priority") for p in pods]
-    server = await make_router([], backends=backends, **overrides)
-    return server, f"http://127.0.0.1:{server.port}"
+from .streams import (LONG, SHORT, SHORTS, STARTED, Stream, body, long_then_shorts, metric,
+                      slow_pods, start_router, stream)  # noqa: F401 (slow_pods: a fixture)
 
 
 def assert_one_stream(stream: Stream, tokens: int) -> None:
@@ -136,8 +36,8 @@ async def test_a_preempted_stream_resumes_as_one_stream_on_the_pod_that_caches_i
     pods = await slow_pods(1)
     server, url = await start_router(make_router, pods)
     async with aiohttp.ClientSession() as session:  # the same prompt with nothing else running
-        alone = await _stream(session, url, _body(40, chat))
-    long, shorts = await long_then_shorts(url, _body(LONG, chat))
+        alone = await stream(session, url, body(40, chat))
+    long, shorts = await long_then_shorts(url, body(LONG, chat))
 
     assert_one_stream(long, LONG)
     assert long.usage["prompt_tokens"] == alone.usage["prompt_tokens"]
@@ -157,17 +57,17 @@ async def test_the_official_client_reads_a_resumed_stream_as_one(slow_pods, make
     parts, ids, finish, usage = [], set(), [], None
     shorts: list = []
     async with aiohttp.ClientSession() as session:
-        stream = await client.chat.completions.create(
+        answer = await client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "tell me a story"}], max_tokens=LONG, stream=True,
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-        async for chunk in stream:
+        async for chunk in answer:
             ids.add(chunk.id)
             usage = chunk.usage or usage
             for choice in chunk.choices:
                 parts.append(choice.delta.content or "")
                 finish += [choice.finish_reason] if choice.finish_reason else []
             if len(parts) == STARTED:
-                shorts = [asyncio.create_task(_stream(session, url, _body(SHORT))) for _ in range(SHORTS)]
+                shorts = [asyncio.create_task(stream(session, url, body(SHORT))) for _ in range(SHORTS)]
         await asyncio.gather(*shorts)
     await client.close()
     assert "".join(parts) == generated_text(LONG)
@@ -178,8 +78,8 @@ async def test_the_official_client_reads_a_resumed_stream_as_one(slow_pods, make
 async def test_no_request_is_preempted_more_often_than_the_cap(slow_pods, make_router):
     pods = await slow_pods(1)
     server, url = await start_router(make_router, pods, max_preemptions_per_request=1)
-    long, shorts = await long_then_shorts(url, _body(LONG))
-    more = await long_then_shorts(url, _body(LONG))  # a second round: the same cap per request
+    long, shorts = await long_then_shorts(url, body(LONG))
+    more = await long_then_shorts(url, body(LONG))  # a second round: the same cap per request
     assert_one_stream(long, LONG)
     assert_one_stream(more[0], LONG)
     assert 1 <= await metric(url, "sagesched_preemptions_total") <= 2
@@ -195,7 +95,7 @@ async def test_requests_a_continuation_cannot_reproduce_are_never_preempted(slow
                                                                            headers, reason):
     pods = await slow_pods(1)
     server, url = await start_router(make_router, pods)
-    long, shorts = await long_then_shorts(url, _body(LONG, **extra), headers)
+    long, shorts = await long_then_shorts(url, body(LONG, **extra), headers)
     assert long.status == 200 and long.usage["completion_tokens"] == LONG
     assert all(s.usage["completion_tokens"] == SHORT for s in shorts)
     assert await metric(url, "sagesched_unpreemptible_requests_total", reason=reason) == 1
@@ -205,7 +105,7 @@ async def test_requests_a_continuation_cannot_reproduce_are_never_preempted(slow
 async def test_preemption_off_leaves_streams_alone(slow_pods, make_router):
     pods = await slow_pods(1)
     server, url = await start_router(make_router, pods, preemption=False)
-    long, shorts = await long_then_shorts(url, _body(LONG))
+    long, shorts = await long_then_shorts(url, body(LONG))
     assert_one_stream(long, LONG)
     assert await metric(url, "sagesched_preemptions_total") == 0
 
@@ -227,11 +127,11 @@ async def test_a_pod_that_dies_while_a_request_is_paused_loses_nothing(slow_pods
     dispatcher._preempt = preempt_and_kill
     async with aiohttp.ClientSession() as session:
         longs = [Stream(), Stream()]
-        tasks = [asyncio.create_task(_stream(session, url, _body(LONG), s)) for s in longs]
+        tasks = [asyncio.create_task(stream(session, url, body(LONG), s)) for s in longs]
         await asyncio.gather(*(s.tokens.wait() for s in longs))
-        await asyncio.gather(*(_stream(session, url, _body(SHORT)) for _ in range(2 * SHORTS)))
+        await asyncio.gather(*(stream(session, url, body(SHORT)) for _ in range(2 * SHORTS)))
         await asyncio.gather(*tasks)
     assert victims, "no preemption happened"
-    for stream in longs:
-        assert_one_stream(stream, LONG)
+    for long in longs:
+        assert_one_stream(long, LONG)
     assert await metric(url, "sagesched_resumes_total", same_pod="false") >= 1

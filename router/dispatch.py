@@ -148,12 +148,16 @@ class Dispatcher:
         return min(max(self.settings.retry_after_s, self.depth[model] / rate), self.config.queue.timeout_seconds)
 
     async def redispatch(self, req: LiveRequest) -> PodEntry:
-        """`req`'s pod failed before sending anything: free that placement and queue it again (it
-        keeps its arrival time, so its place and aging) for the policy to place anew."""
+        """`req`'s pod failed before sending anything: queue it again for the policy to place anew."""
+        self.requeue(req)
+        return await self.wait_dispatched(req)
+
+    def requeue(self, req: LiveRequest) -> None:
+        """`req` left its pod unfinished (the pod failed): free that placement and queue it again; it
+        keeps its arrival time, so its place and aging."""
         self.finish(req)
         req.pod, req.dispatched_at = None, None
         self._submit(req)
-        return await self.wait_dispatched(req)
 
     def _withdraw(self, req: LiveRequest) -> bool:
         """Take a waiting request out of the queue; False if it was dispatched meanwhile."""

@@ -51,8 +51,8 @@ HELP = {
     INFLIGHT: "Requests this router has in flight on each pod.",
     POD_EJECTIONS: "Times a pod was taken out of rotation after consecutive failed requests.",
     HISTORY_DROPPED: "Completion records not written to the history store (store unreachable or backlog full).",
-    PREEMPTIONS: "Running streams the router stopped on a pod to resume later (reason: index = a waiting request's "
-                 "refreshed index beat theirs).",
+    PREEMPTIONS: "Running streams stopped on a pod to resume later as continuations (reason: index = a waiting "
+                 "request's refreshed index beat theirs; pod_failed = the pod died or went silent mid-stream).",
     RESUMES: "Preempted streams resumed as continuations, by pod and whether it is the pod they left (same_pod: "
              "its prefix cache may still hold their KV).",
     RECOMPUTED_TOKENS: "Prompt and generated tokens resumed continuations sent for prefill again (the engine's "
@@ -118,7 +118,8 @@ class RouterMetrics:
     def pod_added(self, pod: str) -> None:
         """Per-pod counters start at 0 when the pod is known, not at its first event: a rate over a
         series that appears at its first increment misses that increment."""
-        self.preemptions.labels(pod, "index")
+        for reason in ("index", "pod_failed"):
+            self.preemptions.labels(pod, reason)
         for same in ("true", "false"):
             self.resumes.labels(pod, same)
 

@@ -36,6 +36,8 @@ from .settings import RouterSettings
 from .sync import StoreSync
 
 log = logging.getLogger(__name__)
+# what a pod's broken or silent stream raises while it is read (Upstream.open converts them to RouterErrors)
+UPSTREAM_FAULTS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 
 # Completion records being written at once; beyond this the history store is not keeping up (or is
 # down and timing out) and further records are dropped and counted instead of held in memory.
@@ -191,23 +193,49 @@ class Router:
             if err.kind in ("upstream_connection", "upstream_timeout"):
                 self.pods.record_failure(pod, unreachable=err.kind == "upstream_connection")
             raise
-        if resp.status < 500:
+        if resp.status < 500 and pod.name not in req.failed_pods:
             self.pods.record_success(pod)
 
     async def relay(self, req: LiveRequest, resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
         """The client's one stream, in runs of SSE events (one run per read from a pod): the first
-        run's, then, each time the scheduler preempts the request, its continuation's."""
+        run's, then, each time the request leaves its pod unfinished — the scheduler preempted it, or
+        the pod died or went silent under it (`_fail_over`) — its continuation's."""
         on_token = partial(self.on_token, req)
-        async for run in self.upstream.runs(req, resp, self.now, on_token):
-            yield run
-        while req.preempted:
-            resp.close()  # the engine aborts the request; its blocks stay in the prefix cache
-            if req.finish_reason:  # it finished before the decision reached its stream
-                self.dispatcher.keep(req)
-                return
-            async with self._resume(req) as resp:
-                async for run in self.upstream.runs(req, resp, self.now, on_token):
-                    yield run
+        async with AsyncExitStack() as resumed:
+            while True:
+                try:
+                    async for run in self.upstream.runs(req, resp, self.now, on_token):
+                        yield run
+                except UPSTREAM_FAULTS as exc:
+                    if not self._fail_over(req, exc):
+                        raise
+                if not req.preempted:
+                    return
+                resp.close()  # the engine aborts the request; its blocks stay in the prefix cache
+                if req.finish_reason:  # it finished before the decision reached its stream
+                    self.dispatcher.keep(req)
+                    return
+                resp = await resumed.enter_async_context(self._resume(req))
+
+    def _fail_over(self, req: LiveRequest, exc: BaseException) -> bool:
+        """The pod failed mid-stream: for a request a continuation can resume, while another pod
+        serves its model, count the failure against the pod and queue the request to resume
+        elsewhere (at most `upstream_retries` times), so its client loses nothing. False: the
+        failure stands (the front end ends the stream with an error event)."""
+        pod = req.pod
+        if req.progress is None or pod is None or req.finish_reason or req.failovers >= self.settings.upstream_retries:
+            return False
+        self.pods.record_failure(pod, unreachable=not isinstance(exc, TimeoutError))
+        req.failed_pods.add(pod.name)
+        if not self.dispatcher.has_pod(req.model):
+            return False
+        log.info("request %s: pod %s failed mid-stream (%s); resuming it elsewhere", req.id, pod.name,
+                 exc.__class__.__name__)
+        req.failovers += 1
+        self.metrics.preemptions.labels(pod.name, "pod_failed").inc()
+        self.dispatcher.requeue(req)
+        req.preempted = True
+        return True
 
     @asynccontextmanager
     async def _resume(self, req: LiveRequest) -> AsyncIterator[aiohttp.ClientResponse]:

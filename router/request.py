@@ -71,6 +71,8 @@ class LiveRequest:
     preempted: bool = False  # the scheduler displaced it: the stream stops at its next event
     continuation: "Continuation | None" = None  # the run in progress resumes an earlier one
     preemptions: int = 0
+    failovers: int = 0  # times it resumed elsewhere because its pod failed mid-stream
+    failed_pods: set[str] = field(default_factory=set)  # pods that failed it (no health credit for them)
 
     @property
     def public_id(self) -> str:

@@ -8,6 +8,7 @@ import aiohttp
 import openai
 
 from sagesched.emulator import PodConfig
+from sagesched.emulator.text import generated_text
 
 from .conftest import MODEL, FlakyPod, assert_openai_error, eventually
 
@@ -54,6 +55,35 @@ async def test_openai_client_sees_a_pod_death_mid_stream_as_an_api_error(pod_pro
         raise AssertionError("the stream ended without reporting the pod's death")
     except openai.APIError as exc:
         assert "stream broke" in exc.message or "failed" in exc.message
+    await eventually(lambda: router_is_idle(router), what="in-flight accounting released")
+
+
+async def test_a_stream_whose_pod_is_killed_resumes_on_another_pod(pod_processes, make_router):
+    """Failover by continuation: the pod under a running stream is killed; the stream resumes on the
+    other pod, and its client reads the whole answer as one stream (the emulator's text carries on
+    where the first run stopped, so the text is exactly an uninterrupted one's)."""
+    first, second = pod_processes(time_scale=0.2), pod_processes(time_scale=0.2)
+    router = await make_router([first.url, second.url])
+    body = {"model": MODEL, "prompt": "tell me a story", "max_tokens": 300, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    texts, ids, usage = [], set(), None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with session.post(f"{router.url}/v1/completions", json=body) as resp:
+            async for line in resp.content:
+                if not line.startswith(b"data: {"):
+                    continue
+                event = json.loads(line[len(b"data: "):])
+                ids.add(event["id"])
+                usage = event.get("usage") or usage
+                texts += [c["text"] for c in event["choices"]]
+                if len(texts) == 20:  # the pod holding the stream dies
+                    running = next(iter(router.router.dispatcher.running.values()))
+                    killed = running.pod.name
+                    next(p for p in (first, second) if p.url.endswith(killed)).kill()
+    assert "".join(texts) == generated_text(300)
+    assert len(ids) == 1 and usage["completion_tokens"] == 300
+    assert router.router.metrics.preemptions.labels(killed, "pod_failed")._value.get() == 1
+    assert router.router.pods.pods[killed].failures >= 1
     await eventually(lambda: router_is_idle(router), what="in-flight accounting released")
 
 

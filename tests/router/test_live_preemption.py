@@ -135,3 +135,4 @@ async def test_a_pod_that_dies_while_a_request_is_paused_loses_nothing(slow_pods
     for long in longs:
         assert_one_stream(long, LONG)
     assert await metric(url, "sagesched_resumes_total", same_pod="false") >= 1
+

@@ -99,7 +99,7 @@ class Dispatcher:
     def client_priority(self, asked: int) -> int:
         """The client's priority as the queue's first sort key: clamped to ±`client_priority_limit`,
         so no client can jump every queue unboundedly; with the default limit 0, ignored."""
-        limit = self.settings.client_priority_limit
+        limit = self.config.queue.client_priority_limit
         return max(-limit, min(limit, asked))
 
     def _submit(self, req: LiveRequest) -> None:

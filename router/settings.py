@@ -130,7 +130,8 @@ class RouterSettings:
             "preemption": {"enabled": self.preemption, "bucket_tokens": self.preemption_bucket_tokens,
                            "max_per_request": self.max_preemptions_per_request},
             "predictor": {"endpoint": self.predictor_address, "deadline_ms": self.predictor_deadline_s * 1000},
-            "queue": {"max_per_model": self.max_queue_per_model, "timeout_seconds": self.queue_timeout_s},
+            "queue": {"max_per_model": self.max_queue_per_model, "timeout_seconds": self.queue_timeout_s,
+                      "client_priority_limit": self.client_priority_limit},
         })
 
     def __repr__(self) -> str:

@@ -33,3 +33,15 @@ async def test_client_priority_is_ignored_by_default_and_clamped_when_enabled(po
     router = await make_router([p.base_url for p in pods], snapshot_max_age_s=-1.0, queue_timeout_s=30,
                                client_priority_limit=limit)
     assert await queued_priorities(router, [-1000, 0, 3, 2**31 - 1]) == expected
+
+
+async def test_the_limit_is_a_policy_setting_that_a_live_configuration_changes(pods, make_router):
+    """Trust in clients' priority belongs to the SageSchedPolicy (`spec.policy.queue.clientPriorityLimit`):
+    a configuration applied live changes it for the requests that arrive next."""
+    from sagesched.scheduling.config import SchedulerConfig
+
+    router = await make_router([p.base_url for p in pods], snapshot_max_age_s=-1.0, queue_timeout_s=30)
+    assert await queued_priorities(router, [-1000, 7]) == [0]
+    await eventually(lambda: router.router.dispatcher.depth[MODEL] == 0, what="the cancelled requests gone")
+    router.router.apply(SchedulerConfig.from_spec({"name": "sagesched", "queue": {"clientPriorityLimit": 5}}), 2)
+    assert await queued_priorities(router, [-1000, 7]) == [-5, 5]

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 from aiohttp import web
 
-from sagesched import engine_metrics as em
+from sagesched.engines import vllm
 from sagesched.http_serve import serve_app
 
 
@@ -64,9 +64,9 @@ class InstantPod:
             {"id": self.model, "object": "model", "created": 0, "owned_by": "instant"}]})
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        labels = f'{{{em.VLLM_LABEL_MODEL}="{self.model}"}}'
-        text = (f"{em.VLLM_RUNNING}{labels} {self.running}\n{em.VLLM_WAITING}{labels} 0\n"
-                f"{em.VLLM_KV_USAGE}{labels} 0.0\n")
+        labels = f'{{{vllm.LABEL_MODEL}="{self.model}"}}'
+        text = (f"{vllm.RUNNING}{labels} {self.running}\n{vllm.WAITING}{labels} 0\n"
+                f"{vllm.KV_USAGE}{labels} 0.0\n")
         return web.Response(text=text)
 
     @lru_cache(maxsize=64)

@@ -1,7 +1,7 @@
 """`sagesched bench scrape`: CPU cost of the operator's scraper.
 
 N pods' /metrics are served by tiny aiohttp servers in a child process (vLLM exposition text with
-engine_metrics names; the emulator serves the same format), so the CPU measured here is the
+`sagesched.engines.vllm` names; the emulator serves the same format), so the CPU measured here is the
 scraper's alone: time.process_time() of this process over a wall-clock window.
 """
 from __future__ import annotations
@@ -27,17 +27,17 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _metrics_text(i: int) -> str:
-    from sagesched import engine_metrics as em
+    from sagesched.engines import vllm
 
     lab = f'engine="0",model_name="m{i % 4}"'
-    lines = [f"# TYPE {em.VLLM_RUNNING} gauge", f"{em.VLLM_RUNNING}{{{lab}}} {i % 7}.0",
-             f"{em.VLLM_WAITING}{{{lab}}} {i % 3}.0", f"{em.VLLM_KV_USAGE}{{{lab}}} 0.{i % 10}",
-             f'{em.VLLM_CACHE_CONFIG}{{block_size="16",num_gpu_blocks="2048",cache_dtype="auto"}} 1.0',
-             f"{em.VLLM_PROMPT_TOKENS}_total{{{lab}}} {i * 100}.0",
-             f"{em.VLLM_GENERATION_TOKENS}_total{{{lab}}} {i * 300}.0",
-             f"{em.VLLM_PREEMPTIONS}_total{{{lab}}} 0.0"]
+    lines = [f"# TYPE {vllm.RUNNING} gauge", f"{vllm.RUNNING}{{{lab}}} {i % 7}.0",
+             f"{vllm.WAITING}{{{lab}}} {i % 3}.0", f"{vllm.KV_USAGE}{{{lab}}} 0.{i % 10}",
+             f'{vllm.CACHE_CONFIG}{{block_size="16",num_gpu_blocks="2048",cache_dtype="auto"}} 1.0',
+             f"{vllm.PROMPT_TOKENS}_total{{{lab}}} {i * 100}.0",
+             f"{vllm.GENERATION_TOKENS}_total{{{lab}}} {i * 300}.0",
+             f"{vllm.PREEMPTIONS}_total{{{lab}}} 0.0"]
     # A real vLLM page is mostly histograms the scraper skips; include a realistic amount (~14 KB).
-    for hist in (em.VLLM_TTFT, em.VLLM_ITL, em.VLLM_E2E, em.VLLM_QUEUE_TIME):
+    for hist in (vllm.TTFT, vllm.ITL, vllm.E2E, vllm.QUEUE_TIME):
         lines.append(f"# TYPE {hist} histogram")
         for le in (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                    7.5, 10.0, 20.0, 40.0, 80.0, "+Inf"):

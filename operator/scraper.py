@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 
 from sagesched.operator import metrics as m
-from sagesched.podmetrics import MetricsParseError, PodMetrics, parse_metrics
+from sagesched.engines import parse_metrics
+from sagesched.podmetrics import MetricsParseError, PodMetrics
 from sagesched.state.snapshot import PodSnapshot
 
 

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sagesched.engines import AUTO, ENGINES as REGISTERED_ENGINES
 from sagesched.scheduling.config import SchedulerConfig
 
-ENGINES = ("vllm", "sglang", "auto")
+ENGINES = (*REGISTERED_ENGINES, AUTO)  # spec.engine: a registered engine, or detect it per pod
 SCHEDULING = ("fcfs", "priority")
 DEFAULT_PORT = 8000
 MIN_SCRAPE_INTERVAL = 0.05

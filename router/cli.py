@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-POLICY_CHOICES_HINT = "sagesched, fcfs, sjf-mean, round-robin, least-requests, llmd, oracle"
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    # The registries, so a new policy or engine is offered here without an edit.
+    from sagesched.engines import ENGINES
+    from sagesched.scheduling.policies import POLICIES
+
     p = subparsers.add_parser("router", help="the OpenAI-compatible router (HTTP + gRPC; ext_proc picker for gateways)",
                               description="Serve OpenAI /v1/chat/completions and /v1/completions (streaming) "
                                           "and gRPC sagesched.v1.Router, scheduling requests onto pods.")
@@ -21,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(0.5: expected need; default off)")
     p.add_argument("--backend-scheduling", choices=("fcfs", "priority"), default=None,
                    help="static pods run vLLM with --scheduling-policy priority: send our priority")
+    p.add_argument("--backend-engine", choices=tuple(ENGINES), default="vllm",
+                   help="the engine static pods run: which metric names and priority direction (default %(default)s)")
     p.add_argument("--host", default=None, help="listen address (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     p.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 50051; -1 disables)")
@@ -30,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="on a picker error let the request through unrouted instead of answering 503 "
                         "(pairs with Envoy's failure_mode_allow, which covers an unreachable picker)")
     p.add_argument("--redis-url", default=None, help="read pod snapshots and keep history in this Redis")
-    p.add_argument("--policy", default=None, help=f"scheduling policy ({POLICY_CHOICES_HINT}); default sagesched")
+    p.add_argument("--policy", choices=sorted(POLICIES), default=None, metavar="NAME",
+                   help=f"scheduling policy ({', '.join(sorted(POLICIES))}); default sagesched")
     p.add_argument("--client-priority-limit", type=int, default=None, metavar="N",
                    help="honour clients' `priority` within ±N, ahead of the policy's order (default 0: ignored)")
     p.add_argument("--preemption", action=argparse.BooleanOptionalAction, default=None,
@@ -122,7 +127,7 @@ def settings_from_args(args: argparse.Namespace):
         settings.grpc_port = None
     for url in args.backend or []:
         settings.backends.append(Backend(url=url, scheduling=args.backend_scheduling or "fcfs",
-                                         profile=settings.default_profile))
+                                         engine=args.backend_engine, profile=settings.default_profile))
     return settings
 
 

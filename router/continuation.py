@@ -23,14 +23,16 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sagesched.engines import ENGINES
+
 if TYPE_CHECKING:
     from .request import LiveRequest
 
 # The client opts out with this header set to "false" (its requests then always run to completion).
 PREEMPTIBLE_HEADER = "x-sagesched-preemptible"
-# Engines whose OpenAI servers take continuations (chat `continue_final_message`) and abort a request
-# whose client disconnects. SGLang lacks `add_generation_prompt` in its chat API.
-CONTINUING_ENGINES = frozenset({"vllm"})
+# Engines whose OpenAI servers take continuations and abort a request whose client disconnects
+# (each adapter says; SGLang lacks `add_generation_prompt` in its chat API).
+CONTINUING_ENGINES = frozenset(name for name, engine in ENGINES.items() if engine.takes_continuations)
 _STRUCTURED = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
 _TOOLS = ("tools", "tool_choice", "functions", "function_call")
 _LOGPROBS = ("logprobs", "top_logprobs", "prompt_logprobs")

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
-from sagesched.podmetrics import parse_metrics
+from sagesched.engines import parse_metrics
 from sagesched.scheduling.types import PodView
 from sagesched.state.pod_store import PodSnapshotStore
 from sagesched.state.snapshot import PodSnapshot
@@ -118,10 +118,10 @@ class PodEntry:
         return not self.static or (self.snapshot is not None and self.snapshot.age(time.time()) < within_s)
 
     def engine_profile(self) -> StepTimeProfile:
-        """The step-time profile with the KV cache the engine reports (vLLM's cache_config_info,
-        SGLang's max_total_num_tokens) in place of the profile's: admission and cost must size a
-        4,096-token CPU server as what it is, not as the profile's GPU. A pod that reports no
-        capacity keeps its profile's (chosen per pod, or `--profile`)."""
+        """The step-time profile with the KV cache the engine reports (block_size × num_gpu_blocks,
+        as its adapter in `sagesched.engines` reads them) in place of the profile's: admission and
+        cost must size a 4,096-token CPU server as what it is, not as the profile's GPU. A pod that
+        reports no capacity keeps its profile's (chosen per pod, or `--profile`)."""
         snap = self.snapshot
         if snap is None or not snap.block_size or not snap.num_gpu_blocks:
             return self.profile
@@ -154,7 +154,7 @@ class PodEntry:
 
 
 def _parse_metrics(text: str, entry: PodEntry) -> PodSnapshot:
-    """Engine /metrics text → snapshot, through the shared parser (`sagesched.podmetrics`)."""
+    """Engine /metrics text → snapshot, through the pod's engine adapter (`sagesched.engines`)."""
     return parse_metrics(text, entry.engine).to_snapshot(
         name=entry.name, address=entry.base_url.split("://", 1)[-1], models=list(entry.models))
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
-from sagesched.podmetrics import ENGINES
+from sagesched.engines import ENGINES
 from sagesched.scheduling.config import SchedulerConfig
 from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
@@ -31,14 +31,14 @@ class Backend:
     url: str
     name: str = ""
     models: list[str] = field(default_factory=list)  # empty = ask the pod's /v1/models
-    engine: str = "vllm"  # "vllm" | "sglang": which metric names and priority convention it uses
+    engine: str = "vllm"  # a registered engine (sagesched.engines): its metric names and priority convention
     scheduling: str = "fcfs"  # "priority" when the engine runs its queue by our `priority` field
     profile: str = "h100-llama3-8b"  # engine step-time profile the cost model uses for this pod
     api_key: str | None = field(default=None, repr=False)  # the pod's --api-key; None = upstream_api_key
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:  # its metrics could not be read: refuse it now, not every scrape
-            raise ValueError(f"backend {self.url}: unknown engine {self.engine!r}; expected one of {ENGINES}")
+            raise ValueError(f"backend {self.url}: unknown engine {self.engine!r}; expected one of {tuple(ENGINES)}")
         self.url = self.url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]

@@ -5,6 +5,8 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from .metrics import FLAVORS
+
     parser = subparsers.add_parser(
         "emulate-pod", help="vLLM-compatible pod emulator driven by the engine model",
         description="Serve N emulated vLLM (or SGLang) pods on consecutive ports: the OpenAI completions and "
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed of the first pod's engine; pod i uses SEED + i (default %(default)s)")
     parser.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per emulated second")
-    parser.add_argument("--metrics-flavor", choices=("vllm", "sglang"), default="vllm",
+    parser.add_argument("--metrics-flavor", choices=tuple(FLAVORS), default="vllm",
                         help="metric names /metrics exports: vLLM's or SGLang's (default %(default)s)")
     parser.add_argument("--output-median", type=float, default=256.0, help="median output tokens (lognormal)")
     parser.add_argument("--output-sigma", type=float, default=1.0, help="lognormal sigma of output tokens")

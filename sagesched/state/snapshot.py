@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 @dataclass(kw_only=True)
 class EngineLoad:
     """What an engine reports about itself on /metrics, engine-neutral: the scraped half of a
-    snapshot (`sagesched.podmetrics` parses it; a snapshot adds who and when)."""
+    snapshot (`sagesched.engines` parses it; a snapshot adds who and when)."""
 
-    engine: str = "vllm"  # "vllm" | "sglang"
+    engine: str = "vllm"  # a name in sagesched.engines.ENGINES
     models: list[str] = field(default_factory=list)
     kv_cache_usage: float = 0.0  # fraction 0..1
     num_running: int = 0

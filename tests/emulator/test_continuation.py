@@ -7,7 +7,7 @@ import asyncio
 import openai
 import pytest
 
-from sagesched import engine_metrics as names
+from sagesched.engines import sglang, vllm
 from sagesched.emulator import EmulatedPod, PodConfig
 from sagesched.emulator.text import generated_text, split_generated
 
@@ -109,11 +109,11 @@ async def test_a_disconnected_stream_resumed_on_the_same_pod_hits_its_prefix_cac
         after, fresh_metrics = await scrape(same), await scrape(fresh)
     prompt, block = resumed.usage.prompt_tokens, same.profile.block_size
     assert elsewhere.usage.prompt_tokens == prompt
-    hits = counter(after, names.VLLM_PREFIX_CACHE_HITS) - counter(before, names.VLLM_PREFIX_CACHE_HITS)
-    queries = counter(after, names.VLLM_PREFIX_CACHE_QUERIES) - counter(before, names.VLLM_PREFIX_CACHE_QUERIES)
+    hits = counter(after, vllm.PREFIX_CACHE_HITS) - counter(before, vllm.PREFIX_CACHE_HITS)
+    queries = counter(after, vllm.PREFIX_CACHE_QUERIES) - counter(before, vllm.PREFIX_CACHE_QUERIES)
     assert queries == prompt
     assert hits == (prompt - 1) // block * block  # every full block of it, but the last token is computed anew
-    assert counter(fresh_metrics, names.VLLM_PREFIX_CACHE_HITS) == 0
+    assert counter(fresh_metrics, vllm.PREFIX_CACHE_HITS) == 0
     # the earlier run had computed all but the last prompt token: what the cache did not keep is redone
     assert same.engine.counters.recomputed_tokens == prompt - 1 - hits < block
     assert fresh.engine.counters.recomputed_tokens == prompt - 1
@@ -125,7 +125,7 @@ async def test_sglang_flavor_reports_the_prefix_cache_hit_rate():
         await create(pod, "completions", continuation("completions", reply_text("completions", first)),
                      max_tokens=5)
         metrics = await scrape(pod)
-    assert 0 < counter(metrics, names.SGLANG_CACHE_HIT_RATE) < 1
+    assert 0 < counter(metrics, sglang.CACHE_HIT_RATE) < 1
 
 
 @pytest.mark.parametrize("text, root, tokens", [

@@ -8,7 +8,7 @@ import aiohttp
 import openai
 import pytest
 
-from sagesched import engine_metrics as names
+from sagesched.engines import sglang, vllm
 from sagesched.emulator import EmulatedPod, PodConfig, running_pods
 from sagesched.engine import load_profile
 
@@ -105,33 +105,33 @@ async def test_vllm_metrics_are_exported_and_count_the_traffic(pod):
     replies = [await client(pod).completions.create(model=MODEL, prompt="count me", max_tokens=5,
                                                     extra_body={"ignore_eos": True}) for _ in range(3)]
     metrics = await scrape(pod)
-    for name in (names.VLLM_RUNNING, names.VLLM_WAITING, names.VLLM_KV_USAGE, names.VLLM_CACHE_CONFIG,
-                 names.VLLM_PROMPT_TOKENS, names.VLLM_GENERATION_TOKENS, names.VLLM_PREEMPTIONS,
-                 names.VLLM_REQUEST_SUCCESS, names.VLLM_TTFT, names.VLLM_ITL, names.VLLM_E2E,
-                 names.VLLM_QUEUE_TIME):
+    for name in (vllm.RUNNING, vllm.WAITING, vllm.KV_USAGE, vllm.CACHE_CONFIG,
+                 vllm.PROMPT_TOKENS, vllm.GENERATION_TOKENS, vllm.PREEMPTIONS,
+                 vllm.REQUEST_SUCCESS, vllm.TTFT, vllm.ITL, vllm.E2E,
+                 vllm.QUEUE_TIME):
         assert name in metrics, name
     value = {s.name: s.value for fam in metrics.values() for s in fam if "finished_reason" not in s.labels}
-    assert value[names.VLLM_GENERATION_TOKENS + "_total"] == 15
-    assert value[names.VLLM_PROMPT_TOKENS + "_total"] == sum(r.usage.prompt_tokens for r in replies) > 0
-    assert value[names.VLLM_E2E + "_count"] == 3 and value[names.VLLM_ITL + "_count"] == 3 * 4
-    success = {s.labels["finished_reason"]: s.value for s in metrics[names.VLLM_REQUEST_SUCCESS]}
+    assert value[vllm.GENERATION_TOKENS + "_total"] == 15
+    assert value[vllm.PROMPT_TOKENS + "_total"] == sum(r.usage.prompt_tokens for r in replies) > 0
+    assert value[vllm.E2E + "_count"] == 3 and value[vllm.ITL + "_count"] == 3 * 4
+    success = {s.labels["finished_reason"]: s.value for s in metrics[vllm.REQUEST_SUCCESS]}
     assert success["length"] == 3
-    info = metrics[names.VLLM_CACHE_CONFIG][0].labels
+    info = metrics[vllm.CACHE_CONFIG][0].labels
     profile = load_profile(FAST.profile)
     assert (info["block_size"], info["num_gpu_blocks"]) == (str(profile.block_size), str(profile.num_gpu_blocks))
-    assert metrics[names.VLLM_RUNNING][0].labels["model_name"] == MODEL
+    assert metrics[vllm.RUNNING][0].labels["model_name"] == MODEL
 
 
 async def test_sglang_flavor_serves_sglang_names():
     async with EmulatedPod(PodConfig(time_scale=0.001, metrics_flavor="sglang")) as pod:
         await client(pod).completions.create(model=MODEL, prompt="hi", max_tokens=3, extra_body={"ignore_eos": True})
         metrics = await scrape(pod)
-    for name in (names.SGLANG_RUNNING, names.SGLANG_WAITING, names.SGLANG_TOKEN_USAGE,
-                 names.SGLANG_USED_TOKENS, names.SGLANG_MAX_TOTAL_TOKENS, names.SGLANG_PROMPT_TOKENS,
-                 names.SGLANG_GENERATION_TOKENS, names.SGLANG_TTFT, names.SGLANG_E2E):
+    for name in (sglang.RUNNING, sglang.WAITING, sglang.TOKEN_USAGE,
+                 sglang.USED_TOKENS, sglang.MAX_TOTAL_TOKENS, sglang.PROMPT_TOKENS,
+                 sglang.GENERATION_TOKENS, sglang.TTFT, sglang.E2E):
         assert name in metrics, name
     assert not any(n.startswith("vllm:") for n in metrics)
-    assert metrics[names.SGLANG_GENERATION_TOKENS][0].value == 3
+    assert metrics[sglang.GENERATION_TOKENS][0].value == 3
 
 
 async def test_overcommitted_pod_preempts_and_the_metric_shows_it(tmp_path):
@@ -141,8 +141,8 @@ async def test_overcommitted_pod_preempts_and_the_metric_shows_it(tmp_path):
             client(pod).completions.create(model=MODEL, prompt=list(range(200)), max_tokens=200,
                                            extra_body={"ignore_eos": True}) for _ in range(8)))
         metrics = await scrape(pod)
-    assert metrics[names.VLLM_PREEMPTIONS][0].value > 0
-    assert metrics[names.VLLM_GENERATION_TOKENS][0].value == 8 * 200
+    assert metrics[vllm.PREEMPTIONS][0].value > 0
+    assert metrics[vllm.GENERATION_TOKENS][0].value == 8 * 200
 
 
 async def test_client_disconnect_aborts_the_request_in_the_engine():

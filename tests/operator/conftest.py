@@ -1,7 +1,7 @@
 """Fixtures for driving the operator through kopf against kmock's Kubernetes API double.
 
 Pods' /metrics are served by a tiny aiohttp server speaking the vLLM exposition format (names from
-sagesched.engine_metrics): the same wire format the operator meets in a cluster.
+sagesched.engines.vllm): the same wire format the operator meets in a cluster.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import jsonpatch
 import kmock
 import pytest
 
-from sagesched import engine_metrics as em
+from sagesched.engines import vllm
 from sagesched.operator.handlers import run_operator
 from sagesched.operator.settings import OperatorSettings
 from sagesched.state.pod_store import RedisPodStore
@@ -28,24 +28,24 @@ POLICY_SPEC_SCHEMA = crd_schema()["properties"]["spec"]
 
 
 def vllm_text(running: int, waiting: int, kv: float, *, old_names: bool = False, model: str = "m") -> str:
-    kv_name = em.VLLM_KV_USAGE_OLD if old_names else em.VLLM_KV_USAGE
+    kv_name = vllm.KV_USAGE_OLD if old_names else vllm.KV_USAGE
     lab = f'engine="0",model_name="{model}"'
     return "\n".join([
-        f"# HELP {em.VLLM_RUNNING} Number of requests in model execution batches.",
-        f"# TYPE {em.VLLM_RUNNING} gauge",
-        f"{em.VLLM_RUNNING}{{{lab}}} {float(running)}",
-        f"# TYPE {em.VLLM_WAITING} gauge",
-        f"{em.VLLM_WAITING}{{{lab}}} {float(waiting)}",
+        f"# HELP {vllm.RUNNING} Number of requests in model execution batches.",
+        f"# TYPE {vllm.RUNNING} gauge",
+        f"{vllm.RUNNING}{{{lab}}} {float(running)}",
+        f"# TYPE {vllm.WAITING} gauge",
+        f"{vllm.WAITING}{{{lab}}} {float(waiting)}",
         f"# TYPE {kv_name} gauge",
         f"{kv_name}{{{lab}}} {kv}",
-        f"# TYPE {em.VLLM_CACHE_CONFIG} gauge",
-        f'{em.VLLM_CACHE_CONFIG}{{block_size="16",cache_dtype="auto",enable_prefix_caching="True",'
+        f"# TYPE {vllm.CACHE_CONFIG} gauge",
+        f'{vllm.CACHE_CONFIG}{{block_size="16",cache_dtype="auto",enable_prefix_caching="True",'
         f'gpu_memory_utilization="0.9",num_cpu_blocks="None",num_gpu_blocks="2048"}} 1.0',
-        f"# TYPE {em.VLLM_PROMPT_TOKENS}_total counter",
-        f"{em.VLLM_PROMPT_TOKENS}_total{{{lab}}} 1200.0",
-        f"{em.VLLM_GENERATION_TOKENS}_total{{{lab}}} 3400.0",
-        f"{em.VLLM_PREEMPTIONS}_total{{{lab}}} 2.0",
-        f'{em.VLLM_TTFT}_bucket{{{lab},le="0.1"}} 5.0',
+        f"# TYPE {vllm.PROMPT_TOKENS}_total counter",
+        f"{vllm.PROMPT_TOKENS}_total{{{lab}}} 1200.0",
+        f"{vllm.GENERATION_TOKENS}_total{{{lab}}} 3400.0",
+        f"{vllm.PREEMPTIONS}_total{{{lab}}} 2.0",
+        f'{vllm.TTFT}_bucket{{{lab},le="0.1"}} 5.0',
         "",
     ])
 

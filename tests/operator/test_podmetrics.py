@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import pytest
 
-from sagesched import engine_metrics as em
-from sagesched.podmetrics import MetricsParseError, parse_metrics
+from sagesched.engines import parse_metrics, sglang, vllm
+from sagesched.podmetrics import MetricsParseError
 from tests.operator.conftest import vllm_text
 
 SGLANG_TEXT = f"""\
-# HELP {em.SGLANG_RUNNING} The number of running requests.
-# TYPE {em.SGLANG_RUNNING} gauge
-{em.SGLANG_RUNNING}{{model_name="qwen"}} 4.0
-{em.SGLANG_WAITING}{{model_name="qwen"}} 2.0
-{em.SGLANG_TOKEN_USAGE}{{model_name="qwen"}} 0.42
-{em.SGLANG_USED_TOKENS}{{model_name="qwen"}} 42000.0
-{em.SGLANG_MAX_TOTAL_TOKENS}{{model_name="qwen"}} 100000.0
-{em.SGLANG_PROMPT_TOKENS}_total{{model_name="qwen"}} 500.0
-{em.SGLANG_GENERATION_TOKENS}_total{{model_name="qwen"}} 900.0
+# HELP {sglang.RUNNING} The number of running requests.
+# TYPE {sglang.RUNNING} gauge
+{sglang.RUNNING}{{model_name="qwen"}} 4.0
+{sglang.WAITING}{{model_name="qwen"}} 2.0
+{sglang.TOKEN_USAGE}{{model_name="qwen"}} 0.42
+{sglang.USED_TOKENS}{{model_name="qwen"}} 42000.0
+{sglang.MAX_TOTAL_TOKENS}{{model_name="qwen"}} 100000.0
+{sglang.PROMPT_TOKENS}_total{{model_name="qwen"}} 500.0
+{sglang.GENERATION_TOKENS}_total{{model_name="qwen"}} 900.0
 """
 
 
@@ -29,13 +29,13 @@ def test_vllm_v1_names():
 
 def test_vllm_old_kv_name_is_read_and_new_name_wins_when_both_exist():
     assert parse_metrics(vllm_text(0, 0, 0.3, old_names=True)).kv_cache_usage == 0.3
-    both = vllm_text(0, 0, 0.3, old_names=True) + f'{em.VLLM_KV_USAGE}{{model_name="m"}} 0.6\n'
+    both = vllm_text(0, 0, 0.3, old_names=True) + f'{vllm.KV_USAGE}{{model_name="m"}} 0.6\n'
     assert parse_metrics(both).kv_cache_usage == 0.6
 
 
 def test_vllm_data_parallel_ranks_are_summed_and_kv_takes_the_fullest():
     text = "\n".join(f'{name}{{engine="{e}",model_name="m"}} {v}' for e in (0, 1) for name, v in
-                     ((em.VLLM_RUNNING, 2 + e), (em.VLLM_WAITING, 1), (em.VLLM_KV_USAGE, 0.1 + 0.5 * e)))
+                     ((vllm.RUNNING, 2 + e), (vllm.WAITING, 1), (vllm.KV_USAGE, 0.1 + 0.5 * e)))
     m = parse_metrics(text)
     assert (m.num_running, m.num_waiting, m.kv_cache_usage) == (5, 2, 0.6)
 
@@ -49,7 +49,7 @@ def test_sglang_names_and_auto_detection():
 
 
 def test_label_values_with_escapes_and_spaces():
-    text = f'{em.VLLM_RUNNING}{{model_name="a \\"q\\" b,c",engine="0"}} 1\n'
+    text = f'{vllm.RUNNING}{{model_name="a \\"q\\" b,c",engine="0"}} 1\n'
     assert parse_metrics(text).models == ['a "q" b,c']
 
 
@@ -70,7 +70,7 @@ async def test_scraping_the_emulated_vllm_pod_over_http():
     import aiohttp
 
     from sagesched.emulator.pod import running_pods
-    from sagesched.podmetrics import scrape
+    from sagesched.engines import scrape
 
     async with running_pods(1) as (pod,), aiohttp.ClientSession() as session:
         m = await scrape(session, f"{pod.base_url}/metrics")

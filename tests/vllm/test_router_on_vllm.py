@@ -12,7 +12,7 @@ import aiohttp
 import openai
 import pytest
 
-from sagesched import engine_metrics as em
+from sagesched.engines import vllm
 from sagesched.router.settings import Backend
 
 from .conftest import BLOCK_SIZE, KV_BLOCKS, MAX_MODEL_LEN, MODEL, VllmServer, engine_metrics, eventually
@@ -126,10 +126,43 @@ async def test_short_requests_overtake_a_long_one_on_a_one_sequence_server(route
 async def test_vllm_exports_the_metric_names_the_router_reads(vllm_priority: VllmServer):
     text = await engine_metrics(vllm_priority)
     names = {line.split("{", 1)[0].split(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")}
-    for name in (em.VLLM_RUNNING, em.VLLM_WAITING, em.VLLM_KV_USAGE, em.VLLM_CACHE_CONFIG,
-                 em.VLLM_PROMPT_TOKENS + "_total", em.VLLM_GENERATION_TOKENS + "_total",
-                 em.VLLM_PREEMPTIONS + "_total"):
+    for name in (vllm.RUNNING, vllm.WAITING, vllm.KV_USAGE, vllm.CACHE_CONFIG,
+                 vllm.PROMPT_TOKENS + "_total", vllm.GENERATION_TOKENS + "_total",
+                 vllm.PREEMPTIONS + "_total"):
         assert name in names, name
+
+
+async def test_a_preempted_chat_stream_resumes_from_the_prefix_cache_as_one_stream(router, vllm_priority):
+    """A long chat stream holds the only sequence; once it has streamed past the first refresh bucket,
+    more short requests arrive than the engine buffer holds, and the policy stops the long one. vLLM
+    aborts it (the router closed the connection) and later takes its continuation (the partial answer
+    as a final assistant message, continue_final_message): the prefix cache still holds the first run's
+    blocks, and the client reads one stream with the whole answer."""
+    client = client_for(router)
+    prompt = [{"role": "user", "content": " ".join(["write a long story about a cat"] * 30)}]
+    hits_before = _metric_sum(await engine_metrics(vllm_priority), vllm.PREFIX_CACHE_HITS + "_total")
+    long = await client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=300, stream=True,
+                                                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    ids, finish, usage, pieces, shorts = set(), [], None, 0, []
+    async for chunk in long:
+        ids.add(chunk.id)
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            pieces += 1
+            finish += [choice.finish_reason] if choice.finish_reason else []
+        if pieces == 120:
+            shorts = [asyncio.create_task(client.chat.completions.create(
+                model=MODEL, messages=CHAT, max_tokens=4, extra_body={"ignore_eos": True})) for _ in range(6)]
+    assert [r.usage.completion_tokens for r in await asyncio.gather(*shorts)] == [4] * 6
+    assert len(ids) == 1 and finish == ["length"] and usage.completion_tokens == 300
+    assert await router_metric(router, 'sagesched_preemptions_total{pod=') >= 1
+    assert await router_metric(router, 'sagesched_resumes_total{pod=') >= 1
+    hits = _metric_sum(await engine_metrics(vllm_priority), vllm.PREFIX_CACHE_HITS + "_total") - hits_before
+    assert hits >= BLOCK_SIZE  # at least the prompt's first block was not computed again
+
+
+def _metric_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 async def test_a_server_killed_mid_stream_ends_the_stream_with_an_error(vllm_doomed: VllmServer, make_router):

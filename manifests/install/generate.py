@@ -12,6 +12,7 @@ default values (through helm-python-sdk, Helm's own Go engine) plus the Namespac
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -50,6 +51,22 @@ def sync_chart_files() -> None:
     for extra in (CHART / "files" / "dashboards").glob("*.json"):
         if extra.name not in sources:
             extra.unlink()
+
+
+CRD = ROOT / "manifests" / "crds" / "sageschedpolicies.yaml"
+_ENGINE_ENUM = re.compile(r"(\n {16}engine:\n(?: {18}.*\n)*? {18}enum: )\[[^\]]*\]")
+_POLICY_ENUM = re.compile(r"( {22}description: The scheduling policy\.\n {22}enum:\n)(?: {22}- .*\n)+")
+
+
+def crd_with_registries(text: str) -> str:
+    """The CRD with its engine and policy enums written from the registries, so that a new engine or
+    policy needs no hand edit here (tests/test_registries.py checks the result)."""
+    from sagesched.engines import AUTO, ENGINES
+    from sagesched.scheduling.policies import POLICIES
+
+    text = _ENGINE_ENUM.sub(lambda m: m.group(1) + "[" + ", ".join([*ENGINES, AUTO]) + "]", text, count=1)
+    return _POLICY_ENUM.sub(lambda m: m.group(1) + "".join(f"{' ' * 22}- {n}\n" for n in sorted(POLICIES)),
+                            text, count=1)
 
 
 # Apply order: what others depend on first (kubectl applies a file top to bottom).
@@ -93,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.check:
         problems = stale_chart_files()
+        if CRD.read_text() != crd_with_registries(CRD.read_text()):
+            problems.append(str(CRD.relative_to(ROOT)))
         if not INSTALL.exists() or INSTALL.read_text() != install_text():
             problems.append(str(INSTALL.relative_to(ROOT)))
         for p in problems:
             print(f"out of date: {p}", file=sys.stderr)
         return 1 if problems else 0
+    CRD.write_text(crd_with_registries(CRD.read_text()))
     sync_chart_files()
     INSTALL.write_text(install_text())
     print(f"wrote {INSTALL.relative_to(ROOT)}")

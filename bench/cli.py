@@ -14,6 +14,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "sagesched.simulator.standard",
     "sagesched.bench.live",
     "sagesched.bench.decisions",
+    "sagesched.bench.preemption",
     "sagesched.operator.bench",
     "sagesched.router.gateway.bench",
 )

@@ -78,8 +78,13 @@ def trace_slice(name: str, count: int, start: int = 0, max_output: int | None = 
     return arrivals, prompts, outputs
 
 
-def prompt_text(tokens: int) -> str:
-    return " ".join([WORD] * max(1, tokens))
+def prompt_text(tokens: int, uid: int | None = None) -> str:
+    """`tokens` words; with `uid`, the first is that number in base 36 (one token up to 36^4), so
+    requests of equal length do not share a prompt (and a prefix cache) unless a real workload would."""
+    words = [WORD] * max(1, tokens)
+    if uid is not None:
+        words[0] = np.base_repr(uid % 36**4, 36).lower()
+    return " ".join(words)
 
 
 _CONTENT = re.compile(r'"(?:content|text)":\s*"[^"]')  # a chunk that carries generated text
@@ -93,9 +98,21 @@ async def _one_request(client, model: str, out: Outcome, start: float) -> None:
     await stream_request(client, model, out, time.perf_counter)
 
 
-async def stream_request(client, model: str, out: Outcome, clock, user: str | None = None) -> None:
-    """Send `out`'s request and record its TTFT/TTLT in seconds of `clock` after sending, the tokens
-    received, or the error; a failed request is a result, not a crash of the caller."""
+def length_fields(tokens: int, hidden: bool) -> dict:
+    """How a request asks for exactly `tokens` output tokens. Plainly (`max_tokens` + `ignore_eos`, as
+    vLLM's benchmarks do), the router sees the length as the request's cap; `hidden`, only `min_tokens`
+    is sent, which pods that end each answer as early as they may (emulated pods with output median 1
+    and no spread) honour exactly, while the router learns nothing from it."""
+    if hidden:
+        return {"extra_body": {"min_tokens": tokens}}
+    return {"max_tokens": tokens, "extra_body": {"ignore_eos": True, "min_tokens": tokens}}
+
+
+async def stream_request(client, model: str, out: Outcome, clock, user: str | None = None,
+                         hide_length: bool = False, uid: int | None = None) -> None:
+    """Send `out`'s request (its prompt made unique by `uid`) and record its TTFT/TTLT in seconds of
+    `clock` after sending, the tokens received, or the error; a failed request is a result, not a
+    crash of the caller."""
     sent = clock()
     tagged = {} if user is None else {"user": user}
     try:
@@ -103,9 +120,9 @@ async def stream_request(client, model: str, out: Outcome, clock, user: str | No
         # line by line because building a typed object per token would cost the load generator more
         # CPU than the router under test spends.
         async with client.chat.completions.with_streaming_response.create(
-            model=model, messages=[{"role": "user", "content": prompt_text(out.prompt_tokens)}],
-            max_tokens=int(out.output_tokens), stream=True, stream_options={"include_usage": True},
-            extra_body={"ignore_eos": True, "min_tokens": int(out.output_tokens)}, **tagged,
+            model=model, messages=[{"role": "user", "content": prompt_text(out.prompt_tokens, uid)}],
+            stream=True, stream_options={"include_usage": True},
+            **length_fields(int(out.output_tokens), hide_length), **tagged,
         ) as response:
             async for line in response.iter_lines():
                 if out.ttft is None and _CONTENT.search(line):

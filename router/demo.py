@@ -46,6 +46,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from sagesched.bench.live import Summary
+    from sagesched.emulator import PodConfig
 
 MODEL = "llama-3-8b"
 HISTORY_REQUESTS = 3000  # trace requests before the replayed slice: what the router "has seen"
@@ -138,6 +139,8 @@ class PolicyRun:
     wall: Summary  # the same requests timed by the client, wall s / time scale
     preemptions: int = 0
     host: HostLoad = field(default_factory=HostLoad)
+    router_preemptions: int = 0  # streams the router stopped and resumed (live preemption)
+    prefix_hit_tokens: int = 0  # prompt tokens the pods found in their prefix caches
 
     @property
     def label(self) -> str:
@@ -154,20 +157,51 @@ def _demo_profile(dir_: Path) -> str:
     return str(path)
 
 
-async def _send(client, out, tag: str, clock: StallFreeClock, start: float, sent: list, i: int) -> None:
+@dataclass(frozen=True)
+class LiveSetup:
+    """The emulated pods of a replay and how requests ask for their lengths: part of the workload,
+    identical for every policy compared (and for the simulator's check)."""
+
+    pods: int
+    profile: str  # the pods' step-time profile (name or path)
+    time_scale: float
+    seed: int = 0
+    scheduling: str = "priority"  # the pods' queue order: vLLM --scheduling-policy, as the simulator's engines
+    hide_lengths: bool = False  # ask by min_tokens only, so the router cannot read lengths (bench.live.length_fields)
+
+    def pod_config(self) -> "PodConfig":
+        from sagesched.emulator import PodConfig
+
+        eager = {"output_median": 1.0, "output_sigma": 0.0} if self.hide_lengths else {}
+        return PodConfig(model=MODEL, profile=self.profile, time_scale=self.time_scale, seed=self.seed,
+                         max_queue=None, scheduling=self.scheduling, **eager)
+
+
+def router_policy(label: str) -> tuple[str, bool]:
+    """A policy label as the simulator's PolicySpec spells it ("sagesched:nopreempt") → (policy, preemption)."""
+    name, *flags = label.split(":")
+    if set(flags) - {"nopreempt"}:
+        raise SystemExit(f"policy {label!r}: the live router takes only the :nopreempt flag")
+    return name, "nopreempt" not in flags
+
+
+async def _send(client, out, tag: str, clock: StallFreeClock, start: float, sent: list, i: int,
+                hide_length: bool) -> None:
     """bench.live's request, sent at its arrival on the emulated clock and tagged (`user`) so that
     the pod's record of it can be found; the client's own timings stay in wall seconds."""
     from sagesched.bench.live import stream_request
 
     await clock.sleep_until(start + out.arrival)
     sent[i] = clock.now()
-    await stream_request(client, MODEL, out, asyncio.get_running_loop().time, user=tag)
+    await stream_request(client, MODEL, out, asyncio.get_running_loop().time, user=tag, hide_length=hide_length,
+                         uid=i)
 
 
-async def _replay(url: str, label: str, work: tuple, clock: StallFreeClock, admitted: dict) -> tuple:
+async def _replay(url: str, label: str, work: tuple, clock: StallFreeClock, admitted: dict,
+                  hide_lengths: bool) -> tuple:
     """Replay `work` (arrivals in emulated s) through the router at `url`; returns the summary on
     the emulated clock and the client's wall-clock one. `admitted` fills in as the pods admit the
-    requests: tag -> EngineRequest."""
+    requests: tag -> its EngineRequests (one per run: a preempted request resumes as another)."""
     import openai
 
     from sagesched.bench.live import Outcome, Summary, _limits
@@ -180,7 +214,8 @@ async def _replay(url: str, label: str, work: tuple, clock: StallFreeClock, admi
     sent: list[float | None] = [None] * len(outs)
     start, wall0 = clock.now(), clock.wall_elapsed()
     try:
-        await asyncio.gather(*(_send(client, o, t, clock, start, sent, i) for i, (o, t) in enumerate(zip(outs, tags))))
+        await asyncio.gather(*(_send(client, o, t, clock, start, sent, i, hide_lengths)
+                               for i, (o, t) in enumerate(zip(outs, tags))))
     finally:
         await client.close()
     emulated, done = [], []
@@ -189,12 +224,13 @@ async def _replay(url: str, label: str, work: tuple, clock: StallFreeClock, admi
         emulated.append(e)
         if o.error or o.ttlt is None or at is None:
             continue
-        req = admitted.get(tag)
-        if req is None or req.finish_time is None or req.first_token_time is None:
+        runs = admitted.get(tag) or [None]
+        first, last = runs[0], runs[-1]  # a preempted request ran more than once: its first token came in the first
+        if last is None or last.finish_time is None or first.first_token_time is None:
             e.error = "the pods have no finished request with this tag"
             continue
-        e.ttft, e.ttlt = req.first_token_time - at, req.finish_time - at
-        done.append(req.finish_time - start)
+        e.ttft, e.ttlt = first.first_token_time - at, last.finish_time - at
+        done.append(last.finish_time - start)
     # Summary.stats divides by its time scale: the emulated one is in emulated seconds already
     ts = clock.time_scale
     wall = Summary(label, [Outcome(o.arrival, o.prompt_tokens, o.output_tokens, o.ttft, o.ttlt, o.received_tokens,
@@ -202,36 +238,36 @@ async def _replay(url: str, label: str, work: tuple, clock: StallFreeClock, admi
     return Summary(label, emulated, max(done, default=0.0), 1.0), wall
 
 
-async def _run_policy(policy: str, args: argparse.Namespace, profile: str, history: tuple,
-                      work: tuple) -> PolicyRun:
-    from sagesched.emulator import PodConfig, start_pods
+async def run_policy(label: str, setup: LiveSetup, history: tuple, work: tuple) -> PolicyRun:
+    """Replay `work` through a router running the policy `label` in front of fresh emulated pods."""
+    from sagesched.emulator import start_pods
 
     from .server import RouterServer
     from .settings import Backend, RouterSettings
 
-    pods = await start_pods(args.pods, PodConfig(model=MODEL, profile=profile, time_scale=args.time_scale,
-                                                 seed=args.seed, max_queue=None))
-    clock = StallFreeClock(args.time_scale)
+    pods = await start_pods(setup.pods, setup.pod_config())
+    clock = StallFreeClock(setup.time_scale)
     admitted: dict = {}
 
     def observe(body: dict, req) -> None:
         if isinstance(body.get("user"), str):
-            admitted[body["user"]] = req
+            admitted.setdefault(body["user"], []).append(req)
 
     for pod in pods:
         pod.clock = clock
         pod.on_request_admitted = observe
+    policy, preemption = router_policy(label)
     settings = RouterSettings(
-        host="127.0.0.1", port=0, grpc_port=None, policy=policy,
-        backends=[Backend(url=p.base_url, profile=profile) for p in pods],
-        scrape_interval_s=max(0.02, 0.2 * args.time_scale), snapshot_max_age_s=60.0, queue_timeout_s=3600,
+        host="127.0.0.1", port=0, grpc_port=None, policy=policy, preemption=preemption,
+        backends=[Backend(url=p.base_url, profile=setup.profile, scheduling=setup.scheduling) for p in pods],
+        scrape_interval_s=max(0.02, 0.2 * setup.time_scale), snapshot_max_age_s=60.0, queue_timeout_s=3600,
         max_queue_per_model=100_000,
     )
     server = await RouterServer(settings).start()
     try:
         server.router.predictor.estimator.fit(MODEL, history[0], history[1])
         stalled0, wall0, cpu0, wait0 = clock.stalled, clock.wall_elapsed(), time.process_time(), _cpu_wait()
-        engine, wall = await _replay(server.url, policy, work, clock, admitted)
+        engine, wall = await _replay(server.url, label, work, clock, admitted, setup.hide_lengths)
         wait1 = _cpu_wait()
         host = HostLoad(clock.wall_elapsed() - wall0, clock.stalled - stalled0, time.process_time() - cpu0,
                         None if wait0 is None or wait1 is None else wait1 - wait0)
@@ -239,7 +275,8 @@ async def _run_policy(policy: str, args: argparse.Namespace, profile: str, histo
     finally:
         await server.stop()
         await asyncio.gather(*(p.stop() for p in pods))
-    return PolicyRun(engine, wall, preemptions, host)
+    return PolicyRun(engine, wall, preemptions, host, server.router.scheduler.preemptions,
+                     sum(p.engine.kv.hit_tokens for p in pods))
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -259,9 +296,10 @@ async def _main(args: argparse.Namespace) -> int:
           f"time scale {args.time_scale} wall s per emulated s")
     runs: list[PolicyRun] = []
     with tempfile.TemporaryDirectory() as tmp:
-        profile = _demo_profile(Path(tmp))
+        setup = LiveSetup(args.pods, _demo_profile(Path(tmp)), args.time_scale, args.seed)
+        profile = setup.profile
         for policy in policies:
-            run = await _run_policy(policy, args, profile, (h_prompts, h_outputs), (arrivals, prompts, outputs))
+            run = await run_policy(policy, setup, (h_prompts, h_outputs), (arrivals, prompts, outputs))
             runs.append(run)
             print(f"  {policy:<14} {len(run.engine.ok)} ok, {run.preemptions} engine preemptions; host: "
                   f"{run.host.describe()}", flush=True)

@@ -68,6 +68,19 @@ def _sum_of_squares(n: np.ndarray) -> np.ndarray:
     return n * (n + 1.0) * (2.0 * n + 1.0) / 6.0
 
 
+@lru_cache(maxsize=4096)
+def _floored_bins(g: LengthGrid, floor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lowest length, highest length, whether any length is left) per bin of `g` once lengths
+    below `floor` are cut: shared by every distribution with that floor, so computed once."""
+    lo = np.maximum(g.lo, floor)
+    hi = g.hi
+    kept = hi >= lo
+    hi = np.maximum(hi, lo)
+    for a in (lo, hi, kept):
+        a.setflags(write=False)
+    return lo, hi, kept
+
+
 @dataclass(frozen=True)
 class LengthDistribution:
     """P(output length) over `grid`, optionally known to be at least `floor` tokens.
@@ -150,14 +163,13 @@ class LengthDistribution:
     # --- per-bin views that respect the floor ---------------------------------------------------
     def _bins(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probabilities, lowest length, highest length) per bin after applying the floor."""
-        lo = np.maximum(self.grid.lo, self.floor)
-        hi = self.grid.hi
-        p = np.where(hi >= lo, self.probs, 0.0)
+        lo, hi, kept = _floored_bins(self.grid, self.floor)
+        p = np.where(kept, self.probs, 0.0)
         total = p.sum()
         if total <= 0:  # floor beyond all mass: the request is already longer than predicted
             p = (np.arange(self.grid.num_bins) == self.grid.bin_of(self.floor)).astype(np.float64)
             total = 1.0
-        return p / total, lo, np.maximum(hi, lo)
+        return p / total, lo, hi
 
     def support(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(p, lowest, highest length) per bin after the floor: the exact shape the moments use,
@@ -214,7 +226,19 @@ class LengthDistribution:
         callers pass the count they know it will reach)."""
         if attained <= self.floor:
             return self
-        return type(self)(self.probs, self.grid, floor=int(min(attained, self.grid.max_length)))
+        return self._with_floor(int(min(attained, self.grid.max_length)))
+
+    def _with_floor(self, floor: int) -> "LengthDistribution":
+        """The constructor's result for (probs, grid, floor) without its checks, which this
+        distribution's probabilities passed already; normalised again as the constructor does, so
+        the probabilities are the same bits. Conditioning runs on every rank refresh."""
+        out = object.__new__(type(self))
+        probs = self.probs / self.probs.sum()
+        probs.setflags(write=False)
+        object.__setattr__(out, "probs", probs)
+        object.__setattr__(out, "grid", self.grid)
+        object.__setattr__(out, "floor", floor)
+        return out
 
     def sample(self, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
         """Draw lengths (uniform within the chosen bin)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,6 +48,16 @@ class StepOutcome:
         self.first_tokens.extend(other.first_tokens)
 
 
+class _DecodeRun(NamedTuple):
+    """The running set while it only decodes together, moved on by `_jump` instead of recounted
+    from the requests at every event."""
+
+    computed: np.ndarray  # tokens computed, per running request
+    left: int  # fewest tokens any running request has left to generate
+    context: int  # prompt and generated tokens of them all
+    ids: list[str]  # their request ids, in running order (the token report's keys)
+
+
 @dataclass
 class EngineCounters:
     """Monotone totals, named after the vLLM counters they feed."""
@@ -78,6 +89,7 @@ class Engine:
         self.counters = EngineCounters()
         self._next_seq = 0
         self._all_decoding = False  # every running request decodes next step (set by _apply)
+        self._decoding: _DecodeRun | None = None  # None: to be counted again from `running`
 
     # --- read-only state ----------------------------------------------------------------------------
     @property
@@ -120,6 +132,7 @@ class Engine:
             if req is None:
                 return None
             self.running.remove(req)
+            self._decoding = None
         self._finish(req, FinishReason.ABORT)
         return req
 
@@ -140,6 +153,7 @@ class Engine:
 
     # --- one iteration ------------------------------------------------------------------------------
     def step(self) -> StepOutcome:
+        self._decoding = None
         batch, preempted = self._schedule()
         duration = self._duration(batch)
         self.now += duration
@@ -313,12 +327,21 @@ class Engine:
         n = len(running)
         if not self._all_decoding or n == 0 or n > self.profile.max_num_batched_tokens:
             return 0
-        computed = np.array([r.num_computed_tokens for r in running], np.int64)
-        steps_to_finish = min(min([r.limit - r.generated for r in running]), self._steps_before(end, n))
+        computed, left, _, _ = self._decoding_state()
+        steps_to_finish = min(left, self._steps_before(end, n))
         fit = self._steps_that_fit(computed, steps_to_finish)
         if fit == 0 or self._waiting_could_enter(computed):
             return 0
         return fit
+
+    def _decoding_state(self) -> _DecodeRun:
+        if self._decoding is None:
+            running = self.running
+            self._decoding = _DecodeRun(np.array([r.num_computed_tokens for r in running], np.int64),
+                                        min([r.limit - r.generated for r in running]),
+                                        sum([r.prompt_tokens + r.generated for r in running]),
+                                        [r.request_id for r in running])
+        return self._decoding
 
     def _steps_before(self, end: float, n: int) -> int:
         """About how many decode iterations of `n` sequences start before `end` (none is shorter
@@ -367,16 +390,20 @@ class Engine:
     def _jump(self, k: int, end: float) -> StepOutcome:
         """Apply up to `k` pure-decode iterations at once (fewer if the horizon comes first)."""
         n = len(self.running)
-        context0 = sum([r.prompt_tokens + r.generated for r in self.running])
+        run = self._decoding_state()
         timed = self._time_short_run if k <= SCALAR_RUN else self._time_long_run
-        k, self.now, busy, duration = timed(n, context0, k, end)
+        k, self.now, busy, duration = timed(n, run.context, k, end)
         out = StepOutcome(duration=duration, steps=k)
         self.counters.steps += k
         self.counters.busy_seconds = busy
-        self._grow_decodes(k, out)
+        run = _DecodeRun(run.computed + k, run.left - k, run.context + n * k, run.ids)
+        self._grow_decodes(k, out, run)
         if out.finished:
             self.running = [r for r in self.running if r.status is RequestStatus.RUNNING]
             self._all_decoding = bool(self.running)
+            self._decoding = None
+        else:
+            self._decoding = run
         return out
 
     def _time_short_run(self, n: int, context0: int, k: int, end: float) -> tuple[int, float, float, float]:
@@ -401,27 +428,23 @@ class Engine:
         busy = np.cumsum(np.concatenate(([self.counters.busy_seconds], durations[:k])))
         return k, float(clock[k]), float(busy[-1]), float(np.cumsum(durations[:k])[-1])
 
-    def _grow_decodes(self, k: int, out: StepOutcome) -> None:
-        """Every running request decoded `k` tokens. One pass with locals bound: this loop runs
-        for every request at every event of a simulation, so it is kept to plain arithmetic
-        (block growth is summed and taken from the cache once; integer sums commute)."""
-        bs = self.kv.block_size
+    def _grow_decodes(self, k: int, out: StepOutcome, run: _DecodeRun) -> None:
+        """Every running request decoded `k` tokens, reaching `run`. This runs for every request at
+        every event of a simulation, so the block counts come from numpy and the loop is kept to
+        plain stores (block growth is summed and taken from the cache once; integer sums commute)."""
         now = self.now
-        tokens = out.tokens
+        running = self.running
+        computed = run.computed
+        held = -(-computed // self.kv.block_size)  # blocks_for, per request
         grown = 0
-        done = []
-        for req in self.running:
-            computed = req.num_computed_tokens + k
-            req.num_computed_tokens = computed
+        for req, c, h in zip(running, computed.tolist(), held.tolist()):
+            req.num_computed_tokens = c
             req.generated += k
-            held = -(-computed // bs)  # blocks_for, inlined
-            grown += held - req.num_blocks
-            req.num_blocks = held
+            grown += h - req.num_blocks
+            req.num_blocks = h
             req.last_token_time = now
-            tokens[req.request_id] = k
-            if req.generated >= req.limit:
-                done.append(req)
+        out.tokens = dict.fromkeys(run.ids, k)
         self.kv.take(grown)  # allocated before the last iteration's finishes free theirs, as in step()
-        for req in done:
+        for req in [r for r in running if r.generated >= r.limit] if run.left <= 0 else ():
             self._complete(req, out)
-        self.counters.generation_tokens += k * len(self.running)
+        self.counters.generation_tokens += k * len(running)

@@ -76,10 +76,10 @@ class Admission:
         return gate if pod.profile.max_num_batched_tokens >= 2 * gate else 0
 
     def _prefill_fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
-        budget = self.prefill_budget(pod)
-        if budget <= 0 or load.pending_prompt <= 0:
+        if load.pending_prompt <= 0:  # checked first: the budget takes arithmetic, asked of every pod
             return True
-        return load.pending_prompt + new.pending_prompt <= budget
+        budget = self.prefill_budget(pod)
+        return budget <= 0 or load.pending_prompt + new.pending_prompt <= budget
 
     def _memory_fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
         """An empty pod always admits, so a request bigger than any forecast runs."""

@@ -11,7 +11,7 @@ simulator's virtual clock.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
@@ -42,6 +42,7 @@ class _InFlight:
     contribution: PodLoad
     span: tuple[int, int]  # attained counts sharing the ladder step `contribution` was computed at
     start: int  # tokens generated before this dispatch (a resumed request's earlier run)
+    quiet: int = 0  # from `req.generated` up to below this, a progress report changes nothing else
 
 
 class Scheduler:
@@ -269,9 +270,22 @@ class Scheduler:
     def on_progress(self, request_id: str, generated: int) -> None:
         """Tokens streamed so far. Cheap unless the count crossed a step of the conditioning
         ladder or a refresh bucket, so callers may report every chunk."""
-        entry = self._inflight.get(request_id)
-        if entry is None:
-            return
+        self.on_progress_many(((request_id, generated),))
+
+    def on_progress_many(self, reports: Iterable[tuple[str, int]]) -> None:
+        """`on_progress` for each (request id, tokens so far) in order: a whole engine report in one
+        call. Most reports only move `generated` (below `quiet`); the others go on to `_progress`."""
+        inflight = self._inflight
+        for request_id, generated in reports:
+            entry = inflight.get(request_id)
+            if entry is None:
+                continue
+            if entry.req.generated <= generated < entry.quiet:
+                entry.req.generated = generated
+            else:
+                self._progress(entry, generated)
+
+    def _progress(self, entry: _InFlight, generated: int) -> None:
         req = entry.req
         first_token = req.generated <= entry.start < generated
         if req.generated <= 0 < generated and req.watched:
@@ -285,6 +299,17 @@ class Scheduler:
             self._offer(req)
         elif first_token:
             self._offer(req)
+        entry.quiet = self._quiet_below(entry)
+
+    def _quiet_below(self, entry: _InFlight) -> int:
+        """The count at which a report next has work: the end of the ladder step and of the refresh
+        bucket `generated` is in; none before the run's first token."""
+        req = entry.req
+        if req.generated <= entry.start:
+            return 0
+        if not self.preemption.enabled:
+            return entry.span[1]
+        return min(entry.span[1], self.policy.bucket_end(req, req.generated, self.preemption.bucket_tokens))
 
     def _refresh(self, entry: _InFlight) -> None:
         load = self._load_of(entry.pod)

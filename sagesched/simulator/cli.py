@@ -1,15 +1,18 @@
-"""`sagesched bench sim`: replay a trace over N simulated pods for each policy and load."""
+"""`sagesched bench sim`: replay a trace over N simulated pods for each policy and load (and
+`sagesched bench simspeed`, the simulator's own speed: speed.py)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
 from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS, Preemption
+from sagesched.simulator import speed
 
 DEFAULT_POLICIES = "round-robin,least-requests,llmd,fcfs,ssjf,ltr,trail,fastserve,sjf-mean,sagesched,sagesched:true,oracle"
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
+    speed.register(subparsers)
     p = subparsers.add_parser(
         "sim", help="discrete-event cluster simulation of the scheduling policies",
         description="Replay a trace over N simulated pods for each policy and load; print one line per run, "

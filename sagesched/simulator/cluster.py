@@ -182,9 +182,8 @@ class ClusterSim:
         self._stale_views.add(k)
         self.kv_peak = max(self.kv_peak, engine.kv_usage)
         if self.track_progress:
-            on_progress, reqs, offsets = self.scheduler.on_progress, self.engine_reqs, self.offsets  # hot
-            for rid in out.tokens:
-                on_progress(rid, reqs[rid].generated + offsets.get(rid, 0))
+            reqs, offsets = self.engine_reqs, self.offsets
+            self.scheduler.on_progress_many([(rid, reqs[rid].generated + offsets.get(rid, 0)) for rid in out.tokens])
         for done in out.finished:
             self.scheduler.on_finish(done.request_id, done.finish_time)
             self.finished.append(done)

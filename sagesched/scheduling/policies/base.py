@@ -53,6 +53,11 @@ class Policy:
         recomputed only when this changes (and at most one preemption decision per bucket)."""
         return generated // size
 
+    def bucket_end(self, req: SchedRequest, generated: int, size: int) -> int:
+        """The fewest tokens past `generated` whose bucket may differ from its bucket: the scheduler
+        skips bucket checks below it. Must agree with `bucket`."""
+        return (generated // size + 1) * size
+
     def may_preempt(self, req: SchedRequest) -> bool:
         """Whether this running request may be displaced now (besides the scheduler's cap)."""
         return True

@@ -44,3 +44,7 @@ class FastServe(Policy):
 
     def bucket(self, req: SchedRequest, generated: int, size: int) -> int:
         return self.level(self.entry_level(req), generated)
+
+    def bucket_end(self, req: SchedRequest, generated: int, size: int) -> int:
+        """Levels come from floating-point logarithms: every count is checked."""
+        return generated + 1

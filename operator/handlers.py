@@ -118,9 +118,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             if ctx.settings.redis_url else open_store(None)
         ctx.owns_store = True
     ctx.session = make_session()
-    if ctx.settings.metrics_port:
+    serve_metrics(ctx.settings)
+
+
+def serve_metrics(settings: OperatorSettings) -> None:
+    """The operator's own /metrics on `metrics_port` (a thread of prometheus_client), if one is set."""
+    if settings.metrics_port:
         from prometheus_client import start_http_server
-        start_http_server(ctx.settings.metrics_port, registry=m.REGISTRY)
+        start_http_server(settings.metrics_port, registry=m.REGISTRY)
 
 
 @kopf.on.cleanup()
@@ -397,11 +402,16 @@ def report_status(name: str, namespace: str, body: kopf.Body, status: kopf.Statu
         kopf.info(body, reason="Recovered", message="all selected pods are scraped")
     patch.status.update(summary)
     patch.status["conditions"] = merge_conditions(status.get("conditions"), conds, generation)
-    for c in conds:
-        m.POLICY_CONDITION.labels(namespace, name, c["type"]).set(c["status"] == "True")
+    record_conditions(namespace, name, conds)
     state.last_status = (summary, conds)
     state.last_status_write = now
     m.STATUS_UPDATES.inc()
+
+
+def record_conditions(namespace: str, name: str, conds: list[dict]) -> None:
+    """The policy's conditions as gauges (1 while true): what the Degraded alert reads."""
+    for c in conds:
+        m.POLICY_CONDITION.labels(namespace, name, c["type"]).set(c["status"] == "True")
 
 
 def _is_true(conds: list[dict], type_: str) -> bool:

@@ -16,6 +16,8 @@ SCRAPE_ERRORS = Counter(
     "Failed pod scrapes, by reason (timeout, connect, http_status, parse).",
     ["reason"], registry=REGISTRY,
 )
+for _reason in ("timeout", "connect", "http_status", "parse"):  # from 0, so rate() sees the first error
+    SCRAPE_ERRORS.labels(_reason)
 PODS_TRACKED = Gauge(
     "sagesched_operator_pods_tracked",
     "Pods selected by a SageSchedPolicy and being scraped.",

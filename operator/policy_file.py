@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sagesched.operator.handlers import (OperatorContext, PolicyState, retarget, applied_condition,
-                                         reconcile_round)
+from sagesched.operator.handlers import (OperatorContext, PolicyState, applied_condition, reconcile_round,
+                                         record_conditions, retarget, serve_metrics, summarize)
 from sagesched.operator.scraper import make_session, static_targets
 from sagesched.operator.settings import OperatorSettings
 from sagesched.operator.spec import InvalidSpec, parse_spec
@@ -63,6 +64,7 @@ async def run_policy_file(path: str | Path, settings: OperatorSettings, stop: as
     stop = stop or asyncio.Event()
     ctx = OperatorContext(settings=settings, store=open_store(settings.redis_url, prefix=settings.redis_prefix),
                           session=make_session())
+    serve_metrics(settings)
     source, state = PolicyFile(Path(path)), PolicyState()
     spec, generation, applied = None, 0, None
     try:
@@ -84,6 +86,8 @@ async def run_policy_file(path: str | Path, settings: OperatorSettings, stop: as
                             policy_key(*source.key), targets, announce=True)
             await reconcile_round(ctx, state, spec, source.key, generation, log)
             applied = _log_applied(applied, applied_condition(state.applied, generation))
+            if state.scraped:
+                record_conditions(*source.key, [*summarize(state, time.time())[1], applied])
             await _wait(stop, spec.scrape_interval)
     finally:
         await ctx.session.close()

@@ -108,6 +108,17 @@ b.panel("Tokens sent again for prefill", "Prompt and generated tokens of resumed
         [('sum(rate(sagesched_recomputed_tokens_total[%s]))' % RI, "tokens/s")], "short", minv=0)
 b.panel("Requests never preempted, by reason", "Requests a continuation could not reproduce (unary, logprobs, tools, structured output, ...) or whose client opted out.",
         [('sum by (reason) (rate(sagesched_unpreemptible_requests_total[%s]))' % RI, "{{reason}}")], "reqps", stack=True, minv=0)
+b.row("Operator")
+b.panel("Pods tracked per policy", "Pods each SageSchedPolicy selects and the operator scrapes into the snapshot store.",
+        [('sum by (namespace, policy) (sagesched_operator_pods_tracked)', "{{namespace}}/{{policy}}")], "short", minv=0)
+b.panel("Pod scrape time (p99) and snapshots published", "How long one pod's /metrics takes to fetch and parse, and snapshots written per second.",
+        [(f'histogram_quantile(0.99, sum by (le) (rate(sagesched_operator_scrape_duration_seconds_bucket[{RI}])))', "scrape p99 (s)"),
+         (f'sum(rate(sagesched_operator_snapshots_published_total[{RI}]))', "snapshots/s")], "short", minv=0)
+b.panel("Scrape errors by reason", "Failed pod scrapes per second (timeout, connect, http_status, parse): a pod's snapshot goes stale.",
+        [(f'sum by (reason) (rate(sagesched_operator_scrape_errors_total[{RI}])) or vector(0)', "{{reason}}")], "ops", minv=0)
+b.panel("Policy conditions", "1 while a SageSchedPolicy's condition (Ready, Degraded, InvalidSpec) is true.",
+        [('max by (namespace, policy, condition) (sagesched_operator_policy_condition)', "{{namespace}}/{{policy}} {{condition}}")],
+        "short", minv=0, maxv=1)
 b.dump("sagesched-router.json")
 
 # --- engines ---------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ import logging
 import time
 from collections import Counter, deque
 
+from sagesched.scheduling.affinity import prefix_blocks
 from sagesched.scheduling.config import SchedulerConfig
+from sagesched.scheduling.fairness import tenant_label
 from sagesched.scheduling.scheduler import Scheduler
 from sagesched.scheduling.types import SchedRequest
 
@@ -40,6 +42,7 @@ class Dispatcher:
         self.waiting: dict[str, LiveRequest] = {}
         self.running: dict[str, LiveRequest] = {}
         self.depth: Counter[str] = Counter()
+        self.tenant_depth: Counter[tuple[str, str]] = Counter()  # (model, tenant label) → waiting
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.decision_seconds: list[float] = []  # kept only when a benchmark asks (see record_decisions)
@@ -79,6 +82,7 @@ class Dispatcher:
             self.metrics.queue_depth.remove(model, self.policy)
             self.metrics.queue_depth.labels(model, config.name).set(depth)
         self.scheduler, self.config, self.policy = scheduler, config, config.name
+        self._relabel_tenants()
         self.wake()
 
     # --- enqueue -------------------------------------------------------------------------------
@@ -92,9 +96,15 @@ class Dispatcher:
         req.sched = SchedRequest(
             request_id=req.id, model=req.model, prompt_tokens=req.prompt_tokens, arrival=req.arrival,
             distribution=req.distribution, max_tokens=req.max_tokens, priority=self.client_priority(req.priority),
-            watched=req.stream, preemptible=req.progress is not None,
+            watched=req.stream, preemptible=req.progress is not None, prefix_blocks=prefix_blocks(req.prompt_text),
+            tenant=req.tenant,
         )
         self._submit(req)
+
+    @property
+    def tenant_header(self) -> str:
+        """The header naming a request's tenant in the configuration served now (parse reads it)."""
+        return self.config.fairness.tenant_header
 
     def client_priority(self, asked: int) -> int:
         """The client's priority as the queue's first sort key: clamped to ±`client_priority_limit`,
@@ -109,7 +119,7 @@ class Dispatcher:
         req.enqueued_at = time.perf_counter()
         self.scheduler.submit(req.sched, req.arrival)
         self.waiting[req.id] = req
-        self._set_depth(req.model, +1)
+        self._set_depth(req, +1)
         if len(self.waiting) == 1:
             # Alone in the queue: a pass now decides exactly what the coalesced pass would, without
             # waiting a loop turn for the dispatch task (the common case whenever pods have room).
@@ -164,7 +174,7 @@ class Dispatcher:
         if self.waiting.pop(req.id, None) is None:
             return False
         self.scheduler.cancel(req.id)
-        self._set_depth(req.model, -1)
+        self._set_depth(req, -1)
         return True
 
     # --- dispatch ------------------------------------------------------------------------------
@@ -206,7 +216,7 @@ class Dispatcher:
             req.dispatched_at = loop_now
             pod.dispatched(req.id, watched=req.stream)
             self.running[req.id] = req
-            self._set_depth(req.model, -1)
+            self._set_depth(req, -1)
             self.metrics.queue_wait.labels(req.model, self.policy).observe(req.queue_wait)
             decision.observe(time.perf_counter() - req.enqueued_at)
             self.metrics.dispatches.labels(pod.name, self.policy).inc()
@@ -230,7 +240,7 @@ class Dispatcher:
         req.dispatched = asyncio.get_running_loop().create_future()
         req.enqueued_at = time.perf_counter()
         self.waiting[req.id] = req
-        self._set_depth(req.model, +1)
+        self._set_depth(req, +1)
 
     def keep(self, req: LiveRequest) -> None:
         """A preempted request finished before its stream saw the decision: it no longer waits."""
@@ -265,9 +275,20 @@ class Dispatcher:
         if self.waiting:  # a freed slot matters only to a queued request
             self.wake()
 
-    def _set_depth(self, model: str, delta: int) -> None:
-        self.depth[model] += delta
-        self.metrics.queue_depth.labels(model, self.policy).set(self.depth[model])
+    def _set_depth(self, req: LiveRequest, delta: int) -> None:
+        self.depth[req.model] += delta
+        self.metrics.queue_depth.labels(req.model, self.policy).set(self.depth[req.model])
+        key = (req.model, tenant_label(req.tenant, self.config.fairness.weights))
+        self.tenant_depth[key] += delta
+        self.metrics.tenant_queue_depth.labels(*key).set(self.tenant_depth[key])
+
+    def _relabel_tenants(self) -> None:
+        """A new configuration may name other tenants: count the waiting requests under its labels."""
+        weights = self.config.fairness.weights
+        self.tenant_depth = Counter((r.model, tenant_label(r.tenant, weights)) for r in self.waiting.values())
+        self.metrics.tenant_queue_depth.clear()
+        for key, depth in self.tenant_depth.items():
+            self.metrics.tenant_queue_depth.labels(*key).set(depth)
 
     def oldest_wait(self, model: str, now: float) -> float:
         return max((now - r.arrival for r in self.waiting.values() if r.model == model), default=0.0)

@@ -125,7 +125,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             headers = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
             if msg.request_id:
                 headers[REQUEST_ID_HEADER] = msg.request_id
-            req = parse_request(api, body, router.now(), headers)
+            req = parse_request(api, body, router.now(), headers, router.dispatcher.tenant_header)
             async with router.open(req) as resp:
                 if resp.status != 200:
                     req.finish_reason = "error"

@@ -31,7 +31,7 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     try:
         body = parse_body(await _read_body(request, router.settings.client_timeout_s))
         model = body.get("model") if isinstance(body.get("model"), str) else ""
-        req = parse_request(api, body, router.now(), request.headers)
+        req = parse_request(api, body, router.now(), request.headers, router.dispatcher.tenant_header)
         response = await _serve(request, router, req)
     except RouterError as err:
         if err.status == 408:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 QUEUE_DEPTH = "sagesched_queue_depth"
+TENANT_QUEUE_DEPTH = "sagesched_tenant_queue_depth"
 QUEUE_WAIT = "sagesched_queue_wait_seconds"
 DISPATCHES = "sagesched_dispatches_total"
 TTFT = "sagesched_ttft_seconds"
@@ -33,6 +34,8 @@ POLICY_INFO = "sagesched_policy_info"
 
 HELP = {
     QUEUE_DEPTH: "Requests waiting in the router's admission queue.",
+    TENANT_QUEUE_DEPTH: "Requests waiting in the router's admission queue, by tenant (those the fairness "
+                        "configuration weighs by name; every other as other).",
     QUEUE_WAIT: "Time from arrival until the policy dispatched the request to a pod.",
     DISPATCHES: "Requests dispatched to each pod.",
     TTFT: "Time to first token as the client sees it through the router.",
@@ -80,6 +83,7 @@ class RouterMetrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.queue_depth = Gauge(QUEUE_DEPTH, HELP[QUEUE_DEPTH], ["model", "policy"], registry=r)
+        self.tenant_queue_depth = Gauge(TENANT_QUEUE_DEPTH, HELP[TENANT_QUEUE_DEPTH], ["model", "tenant"], registry=r)
         self.queue_wait = Histogram(QUEUE_WAIT, HELP[QUEUE_WAIT], ["model", "policy"],
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.dispatches = Counter(DISPATCHES.removesuffix("_total"), HELP[DISPATCHES], ["pod", "policy"], registry=r)

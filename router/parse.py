@@ -5,12 +5,15 @@ BPE vocabularies); the pod's usage report gives the true count afterwards.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from sagesched.scheduling.config import DEFAULT_TENANT_HEADER
 
 from .continuation import PREEMPTIBLE_HEADER
 from .errors import bad_request
@@ -26,6 +29,9 @@ REQUEST_ID_HEADER = "x-request-id"
 TRACE_HEADERS = ("traceparent", "tracestate")
 # A client's request id goes into the pod's request headers and our logs: visible ASCII, bounded.
 _CLIENT_ID = re.compile(r"[\x21-\x7e]{1,256}")
+# A tenant named by a header: visible ASCII, bounded (it keys the fairness counters).
+_TENANT = re.compile(r"[\x21-\x7e]{1,128}")
+API_KEY_TENANT = "key-"  # + 16 hex digits of the SHA-256 of the client's API key
 
 
 def estimate_tokens(chars: int) -> int:
@@ -69,13 +75,28 @@ def _client_request_id(value: str | None) -> str | None:
     return value
 
 
+def tenant_of(headers: Mapping[str, str], tenant_header: str = DEFAULT_TENANT_HEADER) -> str:
+    """Who sent the request, for tenant fairness: the tenant header if present (a gateway that
+    authenticated the client sets it), else the client's API key hashed — the key itself is never
+    kept or logged —, else "" (anonymous)."""
+    named = headers.get(tenant_header.lower())
+    if named:
+        if not _TENANT.fullmatch(named):
+            raise bad_request(f"the {tenant_header} header must be 1-128 visible ASCII characters")
+        return named
+    scheme, _, key = str(headers.get("authorization", "")).strip().partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return ""
+    return API_KEY_TENANT + hashlib.sha256(key.strip().encode()).hexdigest()[:16]
+
+
 def parse_request(api: Api, body: dict[str, Any], now: float,
-                  headers: Mapping[str, str] | None = None) -> LiveRequest:
+                  headers: Mapping[str, str] | None = None, tenant_header: str = DEFAULT_TENANT_HEADER) -> LiveRequest:
     """Validate what the router itself needs; everything else passes through to the pod.
 
     `headers` (lower-case names, or a case-insensitive mapping) may carry the client's
-    X-Request-Id and trace context; the request always gets its own unique id, because clients
-    reuse theirs and the scheduler's bookkeeping is keyed by it."""
+    X-Request-Id, trace context and tenant (`tenant_of`); the request always gets its own unique
+    id, because clients reuse theirs and the scheduler's bookkeeping is keyed by it."""
     headers = headers or {}
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -136,4 +157,5 @@ def parse_request(api: Api, body: dict[str, Any], now: float,
         trace_headers={h: v for h in TRACE_HEADERS if (v := headers.get(h))},
         prompt_is_text=api is Api.CHAT or bool(text),
         client_allows_preemption=str(headers.get(PREEMPTIBLE_HEADER, "")).lower() != "false",
+        tenant=tenant_of(headers, tenant_header),
     )

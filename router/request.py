@@ -50,6 +50,7 @@ class LiveRequest:
     trace_headers: dict[str, str] = field(default_factory=dict)
     prompt_is_text: bool = True  # False for a completions prompt of token ids
     client_allows_preemption: bool = True  # False: the client sent x-sagesched-preemptible: false
+    tenant: str = ""  # who sent it (router.parse.tenant_of): tenant fairness shares the queue by it
     # --- predict -------------------------------------------------------------------------------
     distribution: "LengthDistribution | None" = None
     prediction_source: str = ""

@@ -82,6 +82,9 @@ class RouterSettings:
     # behind a waiting request's is stopped on its pod and resumed later as a continuation
     # (router/continuation.py), at most `max_preemptions_per_request` times; ranks are refreshed
     # every `preemption_bucket_tokens` generated tokens.
+    # Tenant fairness, as the SageSchedPolicy's spec.policy.fairness block (YAML: enabled, tenantHeader,
+    # weights, defaultWeight); empty: off
+    fairness: dict = field(default_factory=dict)
     preemption: bool = True
     preemption_bucket_tokens: int = DEFAULT_BUCKET_TOKENS
     max_preemptions_per_request: int = 2
@@ -132,6 +135,7 @@ class RouterSettings:
             "predictor": {"endpoint": self.predictor_address, "deadline_ms": self.predictor_deadline_s * 1000},
             "queue": {"max_per_model": self.max_queue_per_model, "timeout_seconds": self.queue_timeout_s,
                       "client_priority_limit": self.client_priority_limit},
+            "fairness": self.fairness,
         })
 
     def __repr__(self) -> str:

@@ -72,7 +72,7 @@ class RouterBackend:
             return self._unscheduled(request, subset)
         router = self.router
         try:
-            req = parse_request(api, request.json, router.now(), request.headers)
+            req = parse_request(api, request.json, router.now(), request.headers, router.dispatcher.tenant_header)
             if PRIORITY_HEADER in request.headers:
                 req.priority = request.priority
             allowed = self._allowed(subset, req.model)

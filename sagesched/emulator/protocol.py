@@ -135,12 +135,22 @@ def _chat_prompt(body: dict) -> _Prompt:
     closed = [[m["role"], c] for m, c in zip(messages, contents)]
     continue_final, generation_prompt = _prompt_flags(body)
     if continue_final:
-        role, open_content = closed.pop()
+        open_content = closed.pop()[1]
     else:
-        role, open_content = "assistant", "" if generation_prompt else None
+        open_content = "" if generation_prompt else None
     tokens = count_chat_tokens([c for _, c in closed], open_content)
     root, continued = split_generated(open_content) if open_content else (open_content, 0)
-    return _Prompt(tokens, _cache_key("chat", closed, role, root), continued)
+    return _Prompt(tokens, _chat_key(closed, root), continued)
+
+
+def _chat_key(closed: list[list[str]], root: str | None) -> str:
+    """Keyed by the messages up to the first user message: every later turn of the conversation (and
+    a continuation of any of them) starts with them, so they share one prefix-cache entry and a turn
+    finds the previous turn's prompt and answer cached. Approximate: two chats that open alike and
+    then differ are credited as if the longer continued the other. Without a closed user message
+    (one being continued), by everything the prompt starts with."""
+    first_user = next((i for i, (role, _) in enumerate(closed) if role == "user"), None)
+    return _cache_key("chat", closed, root) if first_user is None else _cache_key("chat", closed[:first_user + 1])
 
 
 def parse_request(body: object, chat: bool) -> ParsedRequest:

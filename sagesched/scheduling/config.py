@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from sagesched.scheduling.admission import DEFAULT_QUANTILE, Admission
+from sagesched.scheduling.fairness import Fairness
 from sagesched.scheduling.policies import POLICIES, make_policy
 from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS, Preemption
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE, Scheduler
 
 PolicyName = Literal[tuple(sorted(POLICIES))]  # type: ignore[valid-type]
+DEFAULT_TENANT_HEADER = "x-sagesched-tenant"
 
 
 class _Block(BaseModel):
@@ -59,6 +61,21 @@ class QueueConfig(_Block):
                     "(any client could otherwise jump every queue).")
 
 
+class FairnessConfig(_Block):
+    enabled: bool = Field(
+        False, description="Share each model's queue between tenants by weight (virtual counters of the service "
+                           "each received); off: one queue in policy order, whoever sent the requests.")
+    tenant_header: str = Field(
+        DEFAULT_TENANT_HEADER, pattern=r"^[A-Za-z0-9-]{1,128}$",
+        description="Request header naming the tenant (trust it only behind a gateway that sets it); without it "
+                    "the tenant is the client's API key, hashed: key- and 16 hex digits of its SHA-256.")
+    weights: dict[str, Annotated[float, Field(ge=0.001, le=1e6)]] = Field(
+        default_factory=dict,
+        description="Tenants' weights: twice the weight, twice the service over a backlog. Named tenants also "
+                    "get their own metric labels; the rest count as other.")
+    default_weight: float = Field(1.0, ge=0.001, le=1e6, description="The weight of every tenant not named.")
+
+
 class SchedulerConfig(_Block):
     name: PolicyName = Field(description="The scheduling policy.")
     params: dict[str, float] = Field(default_factory=dict, description="The policy's own parameters.")
@@ -70,6 +87,7 @@ class SchedulerConfig(_Block):
     preemption: PreemptionConfig = Field(default_factory=PreemptionConfig)
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
 
     @model_validator(mode="after")
     def _known_params(self) -> "SchedulerConfig":
@@ -104,8 +122,10 @@ class SchedulerConfig(_Block):
         preemption = Preemption(enabled=p.enabled, bucket_tokens=p.bucket_tokens, max_per_request=p.max_per_request)
         defaults = _policy_params(self.name)
         params = {k: type(defaults[k])(v) for k, v in self.params.items()}  # 4.0 levels → 4
+        f = self.fairness
+        fairness = Fairness(dict(f.weights), f.default_weight) if f.enabled else None
         return Scheduler(make_policy(self.name, **params), admission=admission, aging_rate=self.aging_rate,
-                         preemption=preemption)
+                         preemption=preemption, fairness=fairness)
 
 
 def _policy_params(name: str) -> dict[str, Any]:

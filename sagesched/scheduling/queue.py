@@ -27,12 +27,12 @@ from sagesched.scheduling.types import SchedRequest
 MIN_RANK = 1e-9  # pod-seconds: ranks at or below it (FCFS's 0) share the log-space floor
 
 
-class AgingQueue:
+class Aging:
+    """The aging rule, shared by every queue the scheduler keeps (this one and the tenant-fair one
+    in fairness.py), so requests' keys compare alike whichever queue they wait in."""
+
     def __init__(self, aging_rate: float) -> None:
         self.aging_rate = aging_rate  # per second
-        self._heap: list[tuple[int, float, int, SchedRequest]] = []
-        self._live: dict[str, SchedRequest] = {}
-        self._seq = itertools.count()
 
     def order_key(self, req: SchedRequest) -> float:
         """Time-invariant order (lower leaves first): ln(rank) + r·arrival."""
@@ -41,6 +41,16 @@ class AgingQueue:
     def aged_rank(self, req: SchedRequest, now: float) -> float:
         """The rank at `now`, in pod-seconds: rank · e^(−r·wait)."""
         return max(req.rank, MIN_RANK) * math.exp(-self.aging_rate * max(now - req.arrival, 0.0))
+
+
+class AgingQueue(Aging):
+    """One queue in policy order: client priority first, then the aged rank."""
+
+    def __init__(self, aging_rate: float) -> None:
+        super().__init__(aging_rate)
+        self._heap: list[tuple[int, float, int, SchedRequest]] = []
+        self._live: dict[str, SchedRequest] = {}
+        self._seq = itertools.count()
 
     def rekey(self, aging_rate: float) -> None:
         """Age at a new rate from now on: every waiting request's key is recomputed (O(n))."""

@@ -12,11 +12,12 @@ simulator's virtual clock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
 from sagesched.scheduling.admission import Admission, PodLoad
 from sagesched.scheduling.cost import CostModel, CostPolynomial, memory_weight_for
+from sagesched.scheduling.fairness import Fairness, FairQueue
 from sagesched.scheduling.outstanding import ladder_span, remaining
 from sagesched.scheduling.picker import eligible_for
 from sagesched.scheduling.policies import PickContext, Policy, make_policy
@@ -43,6 +44,10 @@ class _InFlight:
     span: tuple[int, int]  # attained counts sharing the ladder step `contribution` was computed at
     start: int  # tokens generated before this dispatch (a resumed request's earlier run)
     quiet: int = 0  # from `req.generated` up to below this, a progress report changes nothing else
+    charged: int = field(init=False)  # tokens of output its tenant has been charged for (fairness)
+
+    def __post_init__(self) -> None:
+        self.charged = self.start
 
 
 class Scheduler:
@@ -55,6 +60,7 @@ class Scheduler:
         reference_profile: StepTimeProfile | None = None,
         preemption: Preemption = NO_PREEMPTION,
         cost_model: str = "hybrid",
+        fairness: Fairness | None = None,
     ) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.admission = admission or Admission()
@@ -68,7 +74,8 @@ class Scheduler:
         self._cost = CostModel(reference_profile or load_profile())
         self._cost.polynomial(self.cost_kind, 1, 0.5)  # an unknown cost model fails here, not later
         self._memory_weight = 0.5
-        self._queues: dict[str, AgingQueue] = {}
+        self.fairness = fairness  # None: one queue per model in policy order, tenants ignored
+        self._queues: dict[str, AgingQueue | FairQueue] = {}
         self._inflight: dict[str, _InFlight] = {}
         # per pod, our in-flight requests (the list each PodView's `inflight` is set to: no copies)
         # and how many of them are streams that have not sent a token yet
@@ -97,8 +104,11 @@ class Scheduler:
             self._rerank(req, self._poly(req))
         queue = self._queues.get(req.model)
         if queue is None:
-            queue = self._queues[req.model] = AgingQueue(self.aging_per_second if self.policy.central_queue else 0.0)
+            queue = self._queues[req.model] = self._new_queue(self.aging_per_second if self.policy.central_queue else 0.0)
         queue.push(req)
+
+    def _new_queue(self, aging_rate: float) -> AgingQueue | FairQueue:
+        return AgingQueue(aging_rate) if self.fairness is None else self.fairness.queue(aging_rate)
 
     def _poly(self, req: SchedRequest) -> CostPolynomial:
         return self._cost.polynomial(self.cost_kind, req.prompt_tokens, self._memory_weight)
@@ -179,12 +189,23 @@ class Scheduler:
         self._inflight[req.request_id] = entry
         self._by_pod.setdefault(pod.name, []).append(req)  # pod.inflight is this list
         self._load_of(pod.name).add(entry.contribution)
+        self._charge(entry, poly.c0)
+        self.policy.dispatched(req, pod)
         if req.generated <= 0 and req.watched:
             self._unstarted[pod.name] = self._unstarted.get(pod.name, 0) + 1
             pod.unstarted += 1
         pod.num_waiting += 1  # our own accounting until the next metrics report arrives
         if req.generated > 0:  # a resumed request may be displaced again at once
             self._offer(req)
+
+    def _charge(self, entry: _InFlight, prefill: float = 0.0) -> None:
+        """Tenant fairness counts service received: the prefill at dispatch, the output streamed
+        since the last charge (in the cost it was dispatched on) whenever progress is looked at."""
+        if self.fairness is None:
+            return
+        req, poly = entry.req, entry.poly
+        self._queues[req.model].charge(req.tenant, prefill + float(poly.at(req.generated) - poly.at(entry.charged)))
+        entry.charged = req.generated
 
     def _offer(self, req: SchedRequest) -> None:
         """A running request's order key may have changed: offer it as a preemption candidate."""
@@ -291,6 +312,7 @@ class Scheduler:
         if req.generated <= 0 < generated and req.watched:
             self._unstarted[entry.pod] -= 1
         req.generated = generated
+        self._charge(entry)
         lo, hi = entry.span
         if first_token or not lo <= generated < hi:
             self._refresh(entry)
@@ -322,6 +344,7 @@ class Scheduler:
         entry = self._inflight.pop(request_id, None)
         if entry is None:
             return None
+        self._charge(entry)
         self._candidates.withdraw(request_id)
         self._load_of(entry.pod).add(entry.contribution, -1.0)
         mine = self._by_pod[entry.pod]

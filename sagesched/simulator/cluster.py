@@ -18,7 +18,7 @@ import numpy as np
 
 from sagesched.engine import Engine, EngineRequest, StepOutcome, StepTimeProfile
 from sagesched.distribution import LengthDistribution
-from sagesched.scheduling import Admission, HistoryEstimator, PodView, SchedRequest, Scheduler
+from sagesched.scheduling import Admission, HistoryEstimator, PodView, SchedRequest, Scheduler, make_policy
 from sagesched.scheduling.admission import DEFAULT_QUANTILE
 from sagesched.scheduling.preemption import NO_PREEMPTION, Preemption
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
@@ -34,14 +34,15 @@ ENGINE_SCHEDULING = "priority"
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """`name[:true|:pred][:memgate][:nopreempt][:noise][:cost=KIND]` — a registered policy,
+    """`name[:true|:pred][:memgate][:nopreempt][:noise][:cost=KIND][:prefix=W]` — a registered policy,
     optionally with the true conditional length distribution (`true`) or the predictor's exported
     distributions (`pred`, for traces that carry them) instead of the history estimator, with the
     quantile memory admission gate (`memgate`; off by default: reserving KV for pessimistic lengths
     starves the GPU, measured in bench/results/standard), without preemption (`nopreempt`: nothing
     can stop a request, so the Gittins index offers only completion and is the expected cost), with its
     predictions mixed 4:1 with a uniform distribution over lengths (`noise`), or with
-    another cost model (`cost=paper|output|vtc|hybrid`)."""
+    another cost model (`cost=paper|output|vtc|hybrid`), or with prefix-cache affinity at weight W
+    (`prefix=W`, the policy's `prefix_weight`; 0 turns it off)."""
 
     policy: str
     true_distribution: bool = False
@@ -50,22 +51,26 @@ class PolicySpec:
     preempt: bool = True
     noise: bool = False
     cost_model: str = "hybrid"
+    prefix_weight: float | None = None  # None: the policy's default
 
     @classmethod
     def parse(cls, text: str) -> "PolicySpec":
         name, *flags = text.split(":")
         costs = [f.split("=", 1)[1] for f in flags if f.startswith("cost=")]
-        unknown = {f for f in flags if not f.startswith("cost=")} - {"true", "memgate", "pred", "nopreempt", "noise"}
-        if unknown or len(costs) > 1:
+        prefix = [float(f.split("=", 1)[1]) for f in flags if f.startswith("prefix=")]
+        unknown = ({f for f in flags if not f.startswith(("cost=", "prefix="))}
+                   - {"true", "memgate", "pred", "nopreempt", "noise"})
+        if unknown or len(costs) > 1 or len(prefix) > 1:
             raise ValueError(f"unknown policy flags {sorted(unknown)} in {text!r}")
         return cls(name, "true" in flags, "memgate" in flags, "pred" in flags, "nopreempt" not in flags,
-                   "noise" in flags, costs[0] if costs else "hybrid")
+                   "noise" in flags, costs[0] if costs else "hybrid", prefix[0] if prefix else None)
 
     @property
     def label(self) -> str:
         source = ":true" if self.true_distribution else ":pred" if self.predicted else ""
         flags = [("memgate", self.memory_admission), ("nopreempt", not self.preempt), ("noise", self.noise),
-                 (f"cost={self.cost_model}", self.cost_model != "hybrid")]
+                 (f"cost={self.cost_model}", self.cost_model != "hybrid"),
+                 (f"prefix={self.prefix_weight}", self.prefix_weight is not None)]
         return self.policy + source + "".join(f":{f}" for f, on in flags if on)
 
 
@@ -95,6 +100,7 @@ class SimResult:
     router_preemptions: int = 0  # the scheduler's decisions (request ended, resumed later)
     recomputed_tokens: int = 0  # prompt and generated tokens computed again after either kind
     prefix_cache_hit_tokens: int = 0
+    prefix_cache_queried_tokens: int = 0  # prompt tokens looked up in the engines' prefix caches
 
 
 def make_estimator(spec: PolicySpec, history: Trace, full: Trace) -> HistoryEstimator:
@@ -110,8 +116,9 @@ class ClusterSim:
     def __init__(self, workload: Workload, spec: PolicySpec, profile: StepTimeProfile,
                  estimator: HistoryEstimator, config: SimConfig) -> None:
         self.w, self.spec, self.config = workload, spec, config
+        policy = spec.policy if spec.prefix_weight is None else make_policy(spec.policy, prefix_weight=spec.prefix_weight)
         self.scheduler = Scheduler(
-            spec.policy,
+            policy,
             admission=Admission(spec.memory_admission, config.admission_quantile, config.engine_buffer,
                                 config.prefill_tokens),
             aging_rate=config.aging_rate, engine="sim", reference_profile=profile,
@@ -153,7 +160,7 @@ class ClusterSim:
         dist = self.w.source.prediction(i) if self.spec.predicted else self.estimator.predict(MODEL, p)
         if self.spec.noise:
             dist = LengthDistribution.mixture([dist, LengthDistribution.flat(dist.grid)], [1 - NOISE_SHARE, NOISE_SHARE])
-        req = SchedRequest(str(i), MODEL, p, now, dist, true_output_tokens=o)
+        req = SchedRequest(str(i), MODEL, p, now, dist, true_output_tokens=o, prefix_blocks=self.w.prefix_blocks(i))
         self.sched_reqs[req.request_id] = req
         self.scheduler.submit(req, now)
         self._dispatch(now)
@@ -221,7 +228,7 @@ class ClusterSim:
             previous = self.engine_reqs.get(rid)
             ereq = EngineRequest(rid, req.prompt_tokens + done, (req.true_output_tokens or 1) - done,
                                  None if req.max_tokens is None else req.max_tokens - done,
-                                 req.engine_priority, now, cache_key=rid,
+                                 req.engine_priority, now, cache_key=self.w.cache_key(int(rid)),
                                  previously_computed=previous.num_computed_tokens if done else 0)
             self.engine_reqs[rid] = ereq
             engine.add_request(ereq)
@@ -253,7 +260,7 @@ class ClusterSim:
             col([r.finish_time for r in done]), col([r.generated + self.offsets.get(r.request_id, 0) for r in done]),
             sum(e.counters.preemptions for e in self.engines), self.kv_peak, [r.request_id for r in done],
             self.scheduler.preemptions, sum(e.counters.recomputed_tokens for e in self.engines),
-            sum(e.kv.hit_tokens for e in self.engines),
+            sum(e.kv.hit_tokens for e in self.engines), sum(e.kv.queried_tokens for e in self.engines),
         )
 
 

@@ -15,10 +15,17 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from sagesched.scheduling.preemption import Preemption
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
 from sagesched.traces import Trace
+
+if TYPE_CHECKING:
+    from sagesched.engine import StepTimeProfile
+    from sagesched.simulator.workload import Workload
 
 POLICIES = ("round-robin", "least-requests", "llmd", "fcfs", "ssjf", "ltr", "trail", "fastserve", "sjf-mean",
             "sagesched", "oracle")
@@ -27,7 +34,7 @@ POLICIES = ("round-robin", "least-requests", "llmd", "fcfs", "ssjf", "ltr", "tra
 MECHANISMS = {
     "round-robin": "no queue, next pod in turn",
     "least-requests": "no queue, fewest outstanding requests",
-    "llmd": "no queue, llm-d queue + KV-utilisation scorers",
+    "llmd": "no queue, llm-d queue + KV-utilisation + prefix-cache scorers",
     "fcfs": "central queue in arrival order",
     "ssjf": "central queue by predicted mean output length",
     "ltr": "central queue by predicted rank score (median)",
@@ -90,6 +97,14 @@ AGING_CASES = (("paper-1pod", HIGH_CONTENTION), ("memory-bound-8b-1pod", HIGH_CO
 PREDICTORS = ("buckets", "input-length", "network", "semantic-hashed", "blend-hashed")
 SHAREGPT = Case("sharegpt-test-1pod", "sharegpt-test", QWEN, 1, (HIGH_CONTENTION,))
 SHAREGPT_BASELINES = ("fcfs", "llmd", "sagesched", "oracle")
+# real ShareGPT conversations replayed turn by turn (simulator/workload.py), so prompts repeat as
+# prefixes: prefix-cache affinity (scheduling/affinity.py) off and on, llmd at llm-d's weight 3
+MULTI_TURN = Case("sharegpt-multiturn-8pods", "sharegpt-multiturn", QWEN, 8, (0.8, 1.0, HIGH_CONTENTION),
+                  requests=4000, policies=("round-robin", "llmd:prefix=0", "llmd", "sagesched:prefix=0",
+                                           "sagesched:prefix=0.5", "sagesched:prefix=1", "sagesched:prefix=2"))
+MULTI_TURN_COLUMNS = (("prefix_hit_rate", "prefix-cache hit rate"), ("ttft_mean", "mean TTFT"),
+                      ("ttft_p99", "P99 TTFT"), ("ttlt_mean", "mean TTLT"), ("ttlt_p99", "P99 TTLT"),
+                      ("preemptions", "engine preempt."), ("router_preemptions", "router preempt."))
 
 
 @dataclass
@@ -136,21 +151,44 @@ def _simulate_seed(case: Case, load: float, labels: tuple[str, ...], preemption:
     if case.batch_tokens:
         profile = profile.with_overrides(max_num_batched_tokens=case.batch_tokens)
     n = max(case.requests // (8 if quick else 1), 200)
-    if case.trace in MIXES:
-        trace = make_mix(case.trace, n, seed=seed)
-        history, replay = trace.split(0.5)
+    if case.trace == MULTI_TURN.trace:
+        history, workload = _conversations(profile, case.pods, load, n, seed)
+        trace = history
     else:
-        trace = given or load_trace(case.trace)
-        history, replay = trace.split(0.3)
-        replay = replay.slice(0, n)
+        if case.trace in MIXES:
+            trace = make_mix(case.trace, n, seed=seed)
+            history, replay = trace.split(0.5)
+        else:
+            trace = given or load_trace(case.trace)
+            history, replay = trace.split(0.3)
+            replay = replay.slice(0, n)
+        workload = build_workload(replay, profile, case.pods, load, case.arrivals, seed)
     config = SimConfig(case.pods, 0, aging_rate, engine_buffer=ENGINE_BUFFER, preemption=preemption)
-    workload = build_workload(replay, profile, case.pods, load, case.arrivals, seed)
     out = []
     for label in labels:
         t0 = time.perf_counter()
         result = simulate(workload, PolicySpec.parse(label), profile, history, trace, config)
-        out.append(summarize(result, case.trace, case.arrivals, time.perf_counter() - t0))
+        stats = summarize(result, case.trace, case.arrivals, time.perf_counter() - t0)
+        stats["prefix_hit_rate"] = round(result.prefix_cache_hit_tokens / max(result.prefix_cache_queried_tokens, 1), 4)
+        out.append(stats)
     return out
+
+
+def _conversations(profile: StepTimeProfile, pods: int, load: float, n: int, seed: int) -> tuple[Trace, Workload]:
+    """ShareGPT's conversations (the [train] extra's data), shuffled by `seed`: half of them the
+    history the length estimator starts from, the other half replayed turn by turn."""
+    from sagesched.predictor.data import load_examples
+    from sagesched.simulator.workload import build_conversation_workload, conversation_turns
+
+    turns: dict[str, list[tuple[int, int]]] = {}
+    for e in load_examples():
+        turns.setdefault(e.conversation_id, []).append((e.prompt_tokens, e.output_tokens))
+    conversations = list(turns.values())
+    np.random.default_rng(seed).shuffle(conversations)
+    half = len(conversations) // 2
+    history = conversation_turns(conversations[:half], profile.max_model_len)
+    replay = conversation_turns(conversations[half:], profile.max_model_len)
+    return history, build_conversation_workload(replay, profile, pods, load, n, seed)
 
 
 def run_suite(quick: bool = False, cases: tuple[Case, ...] = CASES) -> dict:
@@ -173,7 +211,23 @@ def run_suite(quick: bool = False, cases: tuple[Case, ...] = CASES) -> dict:
                 row.stats["aging_rate"] = rate
                 aging.append(row)
     return {"rows": rows, "ablations": {**ablations, "predictor, end to end": predictors}, "buckets": buckets,
-            "aging": aging}
+            "aging": aging, "multi_turn": multi_turn(quick)}
+
+
+def multi_turn(quick: bool = False) -> list[Row]:
+    """The multi-turn case at each of its loads, prefix-cache affinity off and on."""
+    return [row for load in MULTI_TURN.loads for row in _simulate(MULTI_TURN, load, MULTI_TURN.policies, Preemption(), quick)]
+
+
+def render_multi_turn(rows: list[Row]) -> list[str]:
+    lines = [f"## Multi-turn: {MULTI_TURN.name} (prefix-cache affinity)", "",
+             "ShareGPT conversations replayed turn by turn (each turn's prompt is the conversation so far; a user "
+             "sends the next turn after reading the answer and a think time), 8 memory-bound pods with prefix "
+             "caching. `prefix=0`: affinity off; `llmd` scores it at llm-d's weight 3, `sagesched` at 1. Hit rate: prompt tokens the "
+             "engines found cached / prompt tokens looked up. Means of 3 seeds.", ""]
+    for load in MULTI_TURN.loads:
+        lines += [f"### load {load}", "", *_table([r for r in rows if r.load == load], False, MULTI_TURN_COLUMNS), ""]
+    return lines
 
 
 def _has_predictions(case: Case) -> bool:
@@ -201,12 +255,12 @@ COLUMNS = (("ttlt_mean", "mean TTLT"), ("ttlt_p50", "P50"), ("ttlt_p90", "P90"),
            ("router_preemptions", "router preempt."), ("recomputed_tokens", "recomputed tok."))
 
 
-def _table(rows: list[Row], with_mechanisms: bool) -> list[str]:
-    head = "| policy | " + ("router-side mechanisms | " if with_mechanisms else "") + " | ".join(c[1] for c in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 1 + with_mechanisms)]
+def _table(rows: list[Row], with_mechanisms: bool, columns: tuple[tuple[str, str], ...] = COLUMNS) -> list[str]:
+    head = "| policy | " + ("router-side mechanisms | " if with_mechanisms else "") + " | ".join(c[1] for c in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1 + with_mechanisms)]
     for r in rows:
         mech = f"{MECHANISMS[r.policy.split(':')[0]]} | " if with_mechanisms else ""
-        lines.append(f"| {r.policy} | {mech}" + " | ".join(_cell(r.stats, c) for c, _ in COLUMNS) + " |")
+        lines.append(f"| {r.policy} | {mech}" + " | ".join(_cell(r.stats, c) for c, _ in columns) + " |")
     return lines
 
 
@@ -274,7 +328,7 @@ def render(result: dict, command: str) -> str:
               "| case | load | aging rate | policy | mean TTLT | P99 |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.case} | {r.load} | {r.stats['aging_rate']} | {r.policy} | {_cell(r.stats, 'ttlt_mean')} | "
               f"{r.stats['ttlt_p99']} |" for r in result["aging"]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *render_multi_turn(result["multi_turn"])]) + "\n"
 
 
 def register_bench(subparsers: argparse._SubParsersAction) -> None:
@@ -286,18 +340,30 @@ def register_bench(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="an eighth of the requests per case (a smoke run)")
     p.add_argument("--out", type=Path, default=Path("bench/results/standard"),
                    help="folder for README.md and results.json (default: %(default)s)")
+    p.add_argument("--multi-turn", action="store_true",
+                   help=f"only the multi-turn case ({MULTI_TURN.name}: prefix-cache affinity off and on)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = run_suite(args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "sagesched bench standard" + (" --quick" if args.quick else "")
+    if args.multi_turn:
+        return _run_multi_turn(args, f"{command} --multi-turn --out {args.out}")
+    result = run_suite(args.quick)
     (args.out / "README.md").write_text(render(result, command))
     flat = {"rows": [r.__dict__ for r in result["rows"]],
             "ablations": {k: [r.__dict__ for r in v] for k, v in result["ablations"].items()},
             "buckets": {str(b): r.__dict__ for b, r in result["buckets"].items()},
-            "aging": [r.__dict__ for r in result["aging"]]}
+            "aging": [r.__dict__ for r in result["aging"]], "multi_turn": [r.__dict__ for r in result["multi_turn"]]}
     (args.out / "results.json").write_text(json.dumps(flat, indent=1) + "\n")
     print("\n".join(targets(result["rows"])))
+    return 0
+
+
+def _run_multi_turn(args: argparse.Namespace, command: str) -> int:
+    rows = multi_turn(args.quick)
+    (args.out / "README.md").write_text("\n".join(["# Prefix-cache affinity (simulated)", "", f"Regenerate: `{command}`",
+                                                   "", *render_multi_turn(rows)]))
+    (args.out / "results.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1) + "\n")
     return 0

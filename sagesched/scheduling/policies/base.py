@@ -71,7 +71,15 @@ class Policy:
         home = next((p for p in pods if p.name == req.resume_pod), None)
         if home is not None and ctx.free_kv(home) * home.profile.kv_capacity_tokens >= req.prompt_tokens + req.generated:
             return home
-        return max_score_picker(pods, [ctx.free_kv(p) for p in pods], ctx.tick)
+        return max_score_picker(pods, self.pod_scores(req, pods, ctx), ctx.tick)
+
+    def pod_scores(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> list[float]:
+        """The default picker's scores (higher is better): each pod's free KV share."""
+        return [ctx.free_kv(p) for p in pods]
+
+    def dispatched(self, req: SchedRequest, pod: PodView) -> None:
+        """`req` was sent to `pod` (by `choose`, or to a pod a preemption freed): scorers that
+        remember what went where (prefix-cache affinity) learn it here."""
 
 
 POLICIES: dict[str, type[Policy]] = {}

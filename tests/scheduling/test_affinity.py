@@ -1,0 +1,71 @@
+"""Prefix-cache affinity: block hashes of prompt text, the per-pod index, and the policies that use it."""
+from __future__ import annotations
+
+from sagesched.distribution import LengthDistribution, grid
+from sagesched.engine import load_profile
+from sagesched.scheduling.affinity import BLOCK_CHARS, MAX_BLOCKS, PrefixIndex, prefix_blocks
+from sagesched.scheduling.policies import PickContext, make_policy
+from sagesched.scheduling.types import PodView, SchedRequest
+
+PROFILE = load_profile("h100-llama3-8b")
+CONTEXT = "".join(f"turn {i}: some earlier message and its answer. " for i in range(40))
+
+
+def _req(text: str, rid: str = "r") -> SchedRequest:
+    return SchedRequest(rid, "m", len(text) // 4, 0.0, LengthDistribution.flat(grid()), prefix_blocks=prefix_blocks(text))
+
+
+def _pods(n: int, profile=PROFILE) -> list[PodView]:
+    return [PodView(f"pod-{k}", ("m",), profile) for k in range(n)]
+
+
+def test_prompts_share_block_hashes_exactly_as_far_as_they_share_whole_leading_blocks() -> None:
+    a, b = prefix_blocks(CONTEXT + "next question A"), prefix_blocks(CONTEXT + "another question B")
+    shared = len(CONTEXT) // BLOCK_CHARS
+    assert a[:shared] == b[:shared]
+    assert len(a) == (len(CONTEXT) + 15) // BLOCK_CHARS  # a partial last block is not hashed
+    assert not set(prefix_blocks("x" + CONTEXT)) & set(a)  # chained: one early difference changes every block
+    assert len(prefix_blocks("y" * BLOCK_CHARS * (MAX_BLOCKS + 10))) == MAX_BLOCKS
+    assert prefix_blocks("short") == ()
+
+
+def test_a_pods_score_is_the_share_of_leading_blocks_it_was_sent() -> None:
+    index, pods = PrefixIndex(), _pods(3)
+    index.record(_req(CONTEXT), pods[1])
+    follow_up = _req(CONTEXT + "and now something longer than one block of characters, " * 3)
+    scores = index.score(follow_up, pods)
+    assert scores[0] == scores[2] == 0.0
+    assert scores[1] == len(prefix_blocks(CONTEXT)) / len(follow_up.prefix_blocks)
+    assert index.score(_req("unrelated " * 40), pods) == [0.0, 0.0, 0.0]
+    assert index.score(_req(""), pods) == [0.0, 0.0, 0.0]
+
+
+def test_a_full_pod_forgets_tail_blocks_first_as_its_engine_would() -> None:
+    tiny = PROFILE.with_overrides(num_gpu_blocks=2)  # 32 tokens: ~2 blocks of characters
+    index, (pod,) = PrefixIndex(), _pods(1, tiny)
+    first = _req(CONTEXT)
+    index.record(first, pod)
+    assert index.score(first, [pod])[0] == 2 / len(first.prefix_blocks)
+    index.record(_req("other prompt " * 30), pod)
+    assert index.score(first, [pod]) == [0.0]
+
+
+def test_llmd_sends_a_conversations_next_turn_to_the_pod_that_served_it() -> None:
+    ctx = PickContext(free_kv=lambda p: 1.0 - p.kv_usage, tick=0)
+    for weight, expect_same in ((3.0, True), (0.0, False)):
+        llmd, pods = make_policy("llmd", prefix_weight=weight), _pods(4)
+        first = llmd.choose(_req(CONTEXT), pods, ctx)
+        llmd.dispatched(_req(CONTEXT), first)
+        ctx.tick += 1  # round-robin among equals moves on
+        nxt = llmd.choose(_req(CONTEXT + "a follow-up question"), pods, ctx)
+        assert (nxt is first) == expect_same
+
+
+def test_sagesched_weighs_affinity_against_free_kv() -> None:
+    ctx = PickContext(free_kv=lambda p: 1.0 - p.kv_usage, tick=0)
+    pods = _pods(2)
+    pods[1].kv_usage = 0.3
+    for weight, expect in ((0.0, "pod-0"), (1.0, "pod-1")):
+        policy = make_policy("sagesched", prefix_weight=weight)
+        policy.dispatched(_req(CONTEXT), pods[1])
+        assert policy.choose(_req(CONTEXT + "follow-up"), pods, ctx).name == expect

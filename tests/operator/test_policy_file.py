@@ -38,6 +38,15 @@ async def policy_info(session: aiohttp.ClientSession, port: int) -> list[tuple[s
     return re.findall(r'sagesched_policy_info\{generation="(\d+)",policy="([^"]+)",policy_name="([^"]+)"\} 1', text)
 
 
+async def all_ready(session: aiohttp.ClientSession, ports: list[int]) -> bool:
+    """Every router has read the operator's snapshot of the pod (the configuration may come first)."""
+    for port in ports:
+        async with session.get(f"http://127.0.0.1:{port}/ready") as resp:
+            if resp.status != 200:
+                return False
+    return True
+
+
 async def complete(session: aiohttp.ClientSession, port: int) -> int:
     body = {"model": MODEL, "prompt": "hi", "max_tokens": 4}
     async with session.post(f"http://127.0.0.1:{port}/v1/completions", json=body) as resp:
@@ -66,6 +75,7 @@ async def test_file_policy_drives_two_routers_live_and_an_operator_gap_loses_no_
                 return all(info == [(generation, policy, "demo/p")] for info in infos)
 
             await eventually(lambda: serving("sagesched", "1"), timeout=30, what="both routers on generation 1")
+            await eventually(lambda: all_ready(session, ports), timeout=30, what="both routers know the pod")
             assert await complete(session, ports[0]) == 200
 
             policy_file.write_text(yaml.safe_dump(policy_doc("fcfs", pod)))

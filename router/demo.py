@@ -3,7 +3,9 @@
 Starts emulated vLLM pods (in this process, time-scaled) and a router in front of them, replays a
 slice of an Azure trace (code by default) through the router with the official `openai` client — once
 per policy, on fresh pods — and prints a comparison of TTLT, TTFT and throughput. No Kubernetes, no
-Redis. Each request asks for exactly its traced output length (max_tokens + ignore_eos).
+Redis. Each request asks for exactly its traced output length by `min_tokens` alone, on pods that end
+each answer as early as allowed: the router learns no length from it (a `max_tokens` equal to the true
+length would be a cap the simulator's scheduler does not have).
 
 The pods are deliberately small (few sequences, little KV) so that a short replay on a laptop already
 queues: scheduling only matters when there is a queue, and a big emulated H100 would need more
@@ -296,7 +298,7 @@ async def _main(args: argparse.Namespace) -> int:
           f"time scale {args.time_scale} wall s per emulated s")
     runs: list[PolicyRun] = []
     with tempfile.TemporaryDirectory() as tmp:
-        setup = LiveSetup(args.pods, _demo_profile(Path(tmp)), args.time_scale, args.seed)
+        setup = LiveSetup(args.pods, _demo_profile(Path(tmp)), args.time_scale, args.seed, hide_lengths=True)
         profile = setup.profile
         for policy in policies:
             run = await run_policy(policy, setup, (h_prompts, h_outputs), (arrivals, prompts, outputs))

@@ -51,6 +51,7 @@ class Dispatcher:
         # is what a refused client should wait for (Retry-After), rather than a fixed guess.
         self._finishes: dict[str, deque[float]] = {}
         pods.on_change = self.wake
+        metrics.watch_plugins(lambda: self.scheduler.plugin_times)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="dispatch")

@@ -5,8 +5,13 @@ demo) without colliding; `/metrics` exposes exactly that registry.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import SummaryMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from sagesched.scheduling.plugins import PluginClock
 
 QUEUE_DEPTH = "sagesched_queue_depth"
 TENANT_QUEUE_DEPTH = "sagesched_tenant_queue_depth"
@@ -31,6 +36,7 @@ RESUMES = "sagesched_resumes_total"
 RECOMPUTED_TOKENS = "sagesched_recomputed_tokens_total"
 UNPREEMPTIBLE = "sagesched_unpreemptible_requests_total"
 POLICY_INFO = "sagesched_policy_info"
+PLUGIN_SECONDS = "sagesched_plugin_seconds"
 
 HELP = {
     QUEUE_DEPTH: "Requests waiting in the router's admission queue.",
@@ -64,6 +70,8 @@ HELP = {
                    "client_opt_out, best_of, logprobs, tools, structured_output, token_prompt, echo, engine).",
     POLICY_INFO: "The scheduler configuration this router serves (always 1): its SageSchedPolicy (namespace/name; "
                  "empty when configured by flags), the policy, and the spec generation (0: flags).",
+    PLUGIN_SECONDS: "Time the scheduler's plugins took, by kind (filter, gate, scorer, picker) and name, one "
+                    "observation per pass over the pods (counts restart when a configuration is swapped in).",
 }
 
 # Latency buckets from sub-millisecond router work up to multi-minute generations.
@@ -127,6 +135,27 @@ class RouterMetrics:
         for same in ("true", "false"):
             self.resumes.labels(pod, same)
 
+    def watch_plugins(self, clock: Callable[[], PluginClock]) -> None:
+        """Export the plugin times of the scheduler `clock` returns, read when scraped: the dispatch
+        path only adds to the scheduler's totals."""
+        self.registry.register(_PluginTimes(clock))
+
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition of this registry and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _PluginTimes:
+    """A collector over a `PluginClock`, as a summary (count and sum of seconds)."""
+
+    def __init__(self, clock: Callable[[], PluginClock]) -> None:
+        self.clock = clock
+
+    def describe(self) -> list[SummaryMetricFamily]:
+        return [SummaryMetricFamily(PLUGIN_SECONDS, HELP[PLUGIN_SECONDS], labels=("kind", "name"))]
+
+    def collect(self) -> Iterator[SummaryMetricFamily]:
+        family = SummaryMetricFamily(PLUGIN_SECONDS, HELP[PLUGIN_SECONDS], labels=("kind", "name"))
+        for (kind, name), (passes, seconds) in sorted(self.clock().totals.items()):
+            family.add_metric((kind, name), passes, seconds)
+        yield family

@@ -1,7 +1,7 @@
-"""When a pod may take one more request.
+"""When a pod may take one more request: the admission gates, registered plugins (plugins.py).
 
-Two gates. The count gate keeps the engine's own waiting queue shorter than a small buffer (and the
-total below max_num_seqs plus that buffer): the engine orders what waits there first-come-first-served,
+Two gates by default. The count gate keeps the engine's own waiting queue shorter than a small
+buffer (and the total below max_num_seqs plus that buffer): the engine orders what waits there first-come-first-served,
 so everything that can wait should wait in our queue, where the order is informed. The buffer keeps
 the engine from idling for a router round trip.
 
@@ -18,9 +18,11 @@ that quantile. Engine preemption recomputes whole prompts; not causing it is che
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
+from sagesched.scheduling.plugins import Plugin, Registry
 from sagesched.scheduling.types import PodView
 
 
@@ -41,31 +43,51 @@ class PodLoad:
 
 PREFILL_KNEES = 4.0
 DEFAULT_QUANTILE = 0.9
+_NO_LOAD = PodLoad()  # read-only stand-in for a pod we have sent nothing yet
 
 
-@dataclass(frozen=True)
-class Admission:
-    memory_aware: bool = False  # off by default: admit on the engine's own block check, preemption corrects
-    quantile: float = DEFAULT_QUANTILE
-    engine_buffer: int = 4
-    # Prompt tokens a pod may have waiting for prefill; None = auto (PREFILL_KNEES x the pod's knee,
-    # where prefill turns compute-bound), 0 = no prefill gate.
-    prefill_tokens: int | None = None
+class Gate(Plugin):
+    """Keeps, in one pass, the pods that may take one more request: `loads` are our in-flight
+    requests' sums per pod, `new` the request's own."""
 
-    @property
-    def z(self) -> float:
-        return NormalDist().inv_cdf(self.quantile)
-
-    def has_room(self, pod: PodView) -> bool:
-        return (
-            pod.waiting < self.engine_buffer
-            and pod.outstanding < pod.profile.max_num_seqs + self.engine_buffer
-        )
+    def admit(self, pods: Sequence[PodView], loads: Mapping[str, PodLoad], new: PodLoad) -> list[PodView]:
+        return [p for p in pods if self.fits(p, loads.get(p.name, _NO_LOAD), new)]
 
     def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
-        return self._prefill_fits(pod, load, new) and self._memory_fits(pod, load, new)
+        raise NotImplementedError
 
-    def prefill_budget(self, pod: PodView) -> int:
+
+GATES: Registry[Gate] = Registry("gate")
+
+
+@GATES.register
+class CountGate(Gate):
+    """The engine's waiting queue shorter than `engine_buffer`, the total below max_num_seqs plus it."""
+
+    name = "count"
+
+    def __init__(self, engine_buffer: int = 4) -> None:
+        self.engine_buffer = engine_buffer
+
+    def admit(self, pods: Sequence[PodView], loads: Mapping[str, PodLoad], new: PodLoad) -> list[PodView]:
+        buffer = self.engine_buffer  # the loads are not looked up: this runs for every pod
+        return [p for p in pods if p.waiting < buffer and p.outstanding < p.profile.max_num_seqs + buffer]
+
+    def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
+        return bool(self.admit([pod], {}, new))
+
+
+@GATES.register
+class PrefillGate(Gate):
+    """At most `prefill_tokens` of our prompts waiting for prefill on a pod (one request always may);
+    None: auto from the pod's profile, 0: off."""
+
+    name = "prefill"
+
+    def __init__(self, prefill_tokens: int | None = None) -> None:
+        self.prefill_tokens = prefill_tokens
+
+    def budget(self, pod: PodView) -> int:
         """Auto: PREFILL_KNEES x the knee, but only on an engine whose own batch-token budget is at
         least twice that — a smaller budget already meters prefill, and gating it again only
         serialises prompts (measured: 3-6x worse mean TTLT at budgets 512/1024)."""
@@ -75,15 +97,25 @@ class Admission:
         gate = int(round(PREFILL_KNEES * knee))
         return gate if pod.profile.max_num_batched_tokens >= 2 * gate else 0
 
-    def _prefill_fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
+    def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
         if load.pending_prompt <= 0:  # checked first: the budget takes arithmetic, asked of every pod
             return True
-        budget = self.prefill_budget(pod)
+        budget = self.budget(pod)
         return budget <= 0 or load.pending_prompt + new.pending_prompt <= budget
 
-    def _memory_fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
-        """An empty pod always admits, so a request bigger than any forecast runs."""
-        if not self.memory_aware or not pod.inflight:
+
+@GATES.register
+class MemoryGate(Gate):
+    """A `quantile` of the KV the pod's requests may still need fits its free KV. An empty pod always
+    admits, so a request bigger than any forecast runs."""
+
+    name = "memory"
+
+    def __init__(self, quantile: float = DEFAULT_QUANTILE) -> None:
+        self.z = NormalDist().inv_cdf(quantile)
+
+    def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
+        if not pod.inflight:
             return True
         need = (
             load.pending_prompt + new.pending_prompt + load.growth_mean + new.growth_mean
@@ -91,6 +123,44 @@ class Admission:
         )
         free = pod.profile.kv_capacity_tokens * (1.0 - pod.kv_usage)
         return need <= free
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The gates' configuration and their composition, applied in order: count, prefill (unless 0),
+    memory (when `memory_aware`)."""
+
+    memory_aware: bool = False  # off by default: admit on the engine's own block check, preemption corrects
+    quantile: float = DEFAULT_QUANTILE
+    engine_buffer: int = 4
+    # Prompt tokens a pod may have waiting for prefill; None = auto (PREFILL_KNEES x the pod's knee,
+    # where prefill turns compute-bound), 0 = no prefill gate.
+    prefill_tokens: int | None = None
+    gates: tuple[Gate, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        gates = [CountGate(self.engine_buffer), PrefillGate(self.prefill_tokens)]
+        if self.prefill_tokens == 0:
+            gates.pop()
+        if self.memory_aware:
+            gates.append(MemoryGate(self.quantile))
+        object.__setattr__(self, "gates", tuple(gates))
+
+    def has_room(self, pod: PodView) -> bool:
+        """The count gate alone: whether the engine's own queue has room."""
+        return self.gates[0].fits(pod, _NO_LOAD, _NO_LOAD)
+
+    def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
+        """The gates after the count gate."""
+        return all(g.fits(pod, load, new) for g in self.gates[1:])
+
+    def prefill_budget(self, pod: PodView) -> int:
+        return PrefillGate(self.prefill_tokens).budget(pod)
+
+    @property
+    def z(self) -> float:
+        """The memory gate's quantile in standard deviations."""
+        return NormalDist().inv_cdf(self.quantile)
 
 
 NO_ADMISSION = Admission(memory_aware=False, prefill_tokens=0)

@@ -8,15 +8,16 @@ manifests/crds/sageschedpolicies.yaml to it, so the two cannot drift.
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from sagesched.scheduling.admission import DEFAULT_QUANTILE, Admission
 from sagesched.scheduling.fairness import Fairness
+from sagesched.scheduling.picker import FILTERS, PICKERS, SCORERS, Pick
+from sagesched.scheduling.plugins import Registry
 from sagesched.scheduling.policies import POLICIES, make_policy
 from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS, Preemption
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE, Scheduler
@@ -76,6 +77,53 @@ class FairnessConfig(_Block):
     default_weight: float = Field(1.0, ge=0.001, le=1e6, description="The weight of every tenant not named.")
 
 
+def _name_enum(schema: dict[str, Any], cls: type["PluginConfig"]) -> None:
+    schema["properties"]["name"]["enum"] = sorted(cls.registry)
+
+
+class PluginConfig(_Block):
+    """A plugin by its registered name, with its constructor's parameters."""
+
+    model_config = ConfigDict(json_schema_extra=_name_enum)
+    registry: ClassVar[Registry[Any]]
+    name: str = Field(description="The registered plugin.")
+    params: dict[str, float] = Field(default_factory=dict, description="The plugin's own parameters.")
+
+    @model_validator(mode="after")
+    def _known(self) -> "PluginConfig":
+        self.registry.check(self.name, self.params)
+        return self
+
+    @property
+    def spec(self) -> tuple[str, dict[str, float]]:
+        return self.name, dict(self.params)
+
+
+class FilterConfig(PluginConfig):
+    registry = FILTERS
+
+
+class PickerConfig(PluginConfig):
+    registry = PICKERS
+
+
+class ScorerConfig(PluginConfig):
+    registry = SCORERS
+    weight: float = Field(1.0, ge=0, le=1e6, description="The scorer's weight in the sum of scores.")
+
+
+class PickConfig(_Block):
+    filters: list[FilterConfig] = Field(
+        default_factory=list, description="Filters narrowing the pods, in order, after the built-in eligibility "
+                                          "(healthy, fresh, serving the model) and the admission gates.")
+    scorers: list[ScorerConfig] = Field(min_length=1, description="Scorers whose weighted sum rates each pod.")
+    picker: PickerConfig = Field(default_factory=lambda: PickerConfig(name="max-score"),
+                                 description="Chooses one pod from the summed scores.")
+
+    def build(self) -> Pick:
+        return Pick([(s.spec, s.weight) for s in self.scorers], self.picker.spec, [f.spec for f in self.filters])
+
+
 class SchedulerConfig(_Block):
     name: PolicyName = Field(description="The scheduling policy.")
     params: dict[str, float] = Field(default_factory=dict, description="The policy's own parameters.")
@@ -88,15 +136,15 @@ class SchedulerConfig(_Block):
     predictor: PredictorConfig = Field(default_factory=PredictorConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
+    pick: Optional[PickConfig] = Field(
+        None, description="How pods are chosen: filters, weighted scorers, picker; absent: the policy's own "
+                          "(llmd: queue 2 + kv 2 + prefix 3; sagesched: free-kv 1 + prefix 1).")
 
     @model_validator(mode="after")
     def _known_params(self) -> "SchedulerConfig":
         """A policy's parameters are its constructor's: checked here so that a wrong one is a
         configuration error (an InvalidSpec condition, a CLI message), not a router crash."""
-        taken = _policy_params(self.name)
-        unknown = sorted(set(self.params) - set(taken))
-        if unknown:
-            raise ValueError(f"policy {self.name!r} takes no parameters {unknown}; it takes {sorted(taken) or 'none'}")
+        POLICIES.check(self.name, self.params)
         return self
 
     @classmethod
@@ -120,19 +168,10 @@ class SchedulerConfig(_Block):
                               engine_buffer=self.admission.engine_buffer)
         p = self.preemption
         preemption = Preemption(enabled=p.enabled, bucket_tokens=p.bucket_tokens, max_per_request=p.max_per_request)
-        defaults = _policy_params(self.name)
-        params = {k: type(defaults[k])(v) for k, v in self.params.items()}  # 4.0 levels → 4
         f = self.fairness
         fairness = Fairness(dict(f.weights), f.default_weight) if f.enabled else None
-        return Scheduler(make_policy(self.name, **params), admission=admission, aging_rate=self.aging_rate,
-                         preemption=preemption, fairness=fairness)
-
-
-def _policy_params(name: str) -> dict[str, Any]:
-    """The keyword parameters a policy's constructor takes, with their defaults."""
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    params = list(inspect.signature(POLICIES[name].__init__).parameters.values())[1:]
-    return {p.name: p.default for p in params if p.kind in kinds}
+        return Scheduler(make_policy(self.name, **self.params), admission=admission, aging_rate=self.aging_rate,
+                         preemption=preemption, fairness=fairness, pick=self.pick.build() if self.pick else None)
 
 
 def crd_schema() -> dict[str, Any]:
@@ -141,7 +180,7 @@ def crd_schema() -> dict[str, Any]:
     return _structural(raw, raw.get("$defs", {}))
 
 
-_KEPT = ("type", "description", "enum", "minimum", "maximum", "default", "required")
+_KEPT = ("type", "description", "enum", "minimum", "maximum", "minItems", "default", "required")
 
 
 def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -158,4 +197,6 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out["properties"] = {k: _structural(v, defs) for k, v in node["properties"].items()}
         if isinstance(node.get("additionalProperties"), dict):
             out["additionalProperties"] = _structural(node["additionalProperties"], defs)
+    if "items" in node:
+        out["items"] = _structural(node["items"], defs)
     return out

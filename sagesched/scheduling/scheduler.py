@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
 from sagesched.scheduling.admission import Admission, PodLoad
 from sagesched.scheduling.cost import CostModel, CostPolynomial, memory_weight_for
 from sagesched.scheduling.fairness import Fairness, FairQueue
 from sagesched.scheduling.outstanding import ladder_span, remaining
-from sagesched.scheduling.picker import eligible_for
-from sagesched.scheduling.policies import PickContext, Policy, make_policy
+from sagesched.scheduling.picker import Eligible, Pick, PickContext, eligible_for
+from sagesched.scheduling.plugins import PluginClock
+from sagesched.scheduling.policies import Policy, make_policy
 from sagesched.scheduling.preemption import NO_PREEMPTION, UNBOUNDED, Candidates, Preemption, worth_preempting
 from sagesched.scheduling.priority import engine_priority
 from sagesched.scheduling.queue import AgingQueue
@@ -61,8 +63,12 @@ class Scheduler:
         preemption: Preemption = NO_PREEMPTION,
         cost_model: str = "hybrid",
         fairness: Fairness | None = None,
+        pick: Pick | None = None,
     ) -> None:
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.pick = pick or self.policy.default_pick()  # pod choice: filters, weighted scorers, picker
+        self.plugin_times = PluginClock()
+        self._eligible = Eligible()
         self.admission = admission or Admission()
         self.aging_rate = aging_rate if self.policy.aged else 0.0
         self._pod_time = INITIAL_POD_TIME_S
@@ -155,21 +161,30 @@ class Scheduler:
     ) -> tuple[PodView, CostPolynomial, PodLoad] | None:
         """The chosen pod, with the cost polynomial and load contribution the choice was made on
         (handed on to `_assign`, so they are computed once)."""
-        candidates = [p for p in pods if eligible_for(req, p)]
+        clock, t0 = self.plugin_times, perf_counter()
+        candidates = self._eligible.keep(req, pods)
+        clock.add("filter", "eligible", perf_counter() - t0)
         poly = self._poly(req)
         new = self._contribution(req)
         if self.policy.central_queue:
-            admission, loads = self.admission, self._load  # bound once: this runs for every pod
-            candidates = [
-                p for p in candidates
-                if admission.has_room(p) and admission.fits(p, loads.get(p.name, _NO_LOAD), new)
-            ]
+            candidates = self._admit(candidates, new)
         if not candidates:
             return None
-        ctx = PickContext(free_kv=self._free_kv, tick=self._tick)
+        ctx = PickContext(self.pick, self._free_kv, self._tick, clock)
         self._tick += 1
         chosen = self.policy.choose(req, candidates, ctx)  # None: a policy's own constraint (a gateway subset) holds it
         return (chosen, poly, new) if chosen is not None else None
+
+    def _admit(self, pods: list[PodView], new: PodLoad) -> list[PodView]:
+        """The pods every admission gate lets take one more request, each gate timed over its pass."""
+        clock = self.plugin_times
+        for gate in self.admission.gates:
+            if not pods:
+                break
+            t0 = perf_counter()
+            pods = gate.admit(pods, self._load, new)
+            clock.add("gate", gate.name, perf_counter() - t0)
+        return pods
 
     def _free_kv(self, pod: PodView) -> float:
         """Free KV share as reported, less the prompts we sent that the engine has not taken in yet
@@ -190,7 +205,7 @@ class Scheduler:
         self._by_pod.setdefault(pod.name, []).append(req)  # pod.inflight is this list
         self._load_of(pod.name).add(entry.contribution)
         self._charge(entry, poly.c0)
-        self.policy.dispatched(req, pod)
+        self.pick.dispatched(req, pod)
         if req.generated <= 0 and req.watched:
             self._unstarted[pod.name] = self._unstarted.get(pod.name, 0) + 1
             pod.unstarted += 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 from sagesched.distribution import LengthDistribution, grid
 from sagesched.engine import load_profile
 from sagesched.scheduling.affinity import BLOCK_CHARS, MAX_BLOCKS, PrefixIndex, prefix_blocks
-from sagesched.scheduling.policies import PickContext, make_policy
+from sagesched.scheduling.picker import PickContext
+from sagesched.scheduling.plugins import PluginClock
+from sagesched.scheduling.policies import make_policy
 from sagesched.scheduling.types import PodView, SchedRequest
 
 PROFILE = load_profile("h100-llama3-8b")
@@ -51,21 +53,25 @@ def test_a_full_pod_forgets_tail_blocks_first_as_its_engine_would() -> None:
 
 
 def test_llmd_sends_a_conversations_next_turn_to_the_pod_that_served_it() -> None:
-    ctx = PickContext(free_kv=lambda p: 1.0 - p.kv_usage, tick=0)
     for weight, expect_same in ((3.0, True), (0.0, False)):
         llmd, pods = make_policy("llmd", prefix_weight=weight), _pods(4)
+        ctx = _ctx(llmd)
         first = llmd.choose(_req(CONTEXT), pods, ctx)
-        llmd.dispatched(_req(CONTEXT), first)
+        ctx.pick.dispatched(_req(CONTEXT), first)
         ctx.tick += 1  # round-robin among equals moves on
         nxt = llmd.choose(_req(CONTEXT + "a follow-up question"), pods, ctx)
         assert (nxt is first) == expect_same
 
 
 def test_sagesched_weighs_affinity_against_free_kv() -> None:
-    ctx = PickContext(free_kv=lambda p: 1.0 - p.kv_usage, tick=0)
     pods = _pods(2)
     pods[1].kv_usage = 0.3
     for weight, expect in ((0.0, "pod-0"), (1.0, "pod-1")):
         policy = make_policy("sagesched", prefix_weight=weight)
-        policy.dispatched(_req(CONTEXT), pods[1])
+        ctx = _ctx(policy)
+        ctx.pick.dispatched(_req(CONTEXT), pods[1])
         assert policy.choose(_req(CONTEXT + "follow-up"), pods, ctx).name == expect
+
+
+def _ctx(policy) -> PickContext:
+    return PickContext(policy.default_pick(), lambda p: 1.0 - p.kv_usage, 0, PluginClock())

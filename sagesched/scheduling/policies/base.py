@@ -1,30 +1,22 @@
 """The policy interface and its registry.
 
-A policy answers: in what order do waiting requests leave the central queue (`rank`, lower first),
-which of the pods that can take a request gets it (`choose`), and — for preemptive policies — when a
-running request's rank is looked at again (`bucket`) and whether it may be displaced at all
-(`may_preempt`). Anchor routers have no central queue (`central_queue = False`): they dispatch on
+A policy is the queue-order plugin (see plugins.py). It answers: in what order do waiting requests
+leave the central queue (`rank`, lower first), how pods are chosen unless the configuration says
+otherwise (`default_pick`), and — for preemptive policies — when a running request's rank is looked
+at again (`bucket`) and whether it may be displaced at all (`may_preempt`). Anchor routers have no central queue (`central_queue = False`): they dispatch on
 arrival and the engine's own queue does the ordering.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import ClassVar
 
 from sagesched.distribution import LengthDistribution
+from sagesched.scheduling import scorers  # noqa: F401  (importing registers them)
 from sagesched.scheduling.cost import CostPolynomial
-from sagesched.scheduling.picker import max_score_picker
+from sagesched.scheduling.picker import Pick, PickContext
+from sagesched.scheduling.plugins import Registry
 from sagesched.scheduling.types import PodView, SchedRequest
-
-
-@dataclass
-class PickContext:
-    """What the Scheduler lends a policy for one pick: the share of a pod's KV still free once the
-    prompts we sent it are in, and a counter for round-robin tie-breaking."""
-
-    free_kv: Callable[[PodView], float]
-    tick: int
 
 
 class Policy:
@@ -62,38 +54,26 @@ class Policy:
         """Whether this running request may be displaced now (besides the scheduler's cap)."""
         return True
 
-    def choose(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> PodView:
-        """Default picker: a resumed request goes back to the pod whose prefix cache holds it if it
-        fits there; otherwise the pod with the most free KV. The count gate already evens out the
-        requests per pod, and KV is what runs out: an engine out of blocks preempts and recomputes.
-        Against the earlier least-expected-work picker (`sagesched bench standard` cases): paper-8pods
-        at 1.2 load 23.7 s vs 25.0 s mean TTLT, engine preemptions 8 vs 421; no case worse by > 0.4%."""
-        home = next((p for p in pods if p.name == req.resume_pod), None)
+    def choose(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> PodView | None:
+        """A resumed request goes back to the pod whose prefix cache holds it if it fits there;
+        otherwise the pick's choice (None: its filters left no pod)."""
+        home = next((p for p in pods if p.name == req.resume_pod), None) if req.resume_pod else None
         if home is not None and ctx.free_kv(home) * home.profile.kv_capacity_tokens >= req.prompt_tokens + req.generated:
             return home
-        return max_score_picker(pods, self.pod_scores(req, pods, ctx), ctx.tick)
+        return ctx.pick.choose(req, pods, ctx)
 
-    def pod_scores(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> list[float]:
-        """The default picker's scores (higher is better): each pod's free KV share."""
-        return [ctx.free_kv(p) for p in pods]
-
-    def dispatched(self, req: SchedRequest, pod: PodView) -> None:
-        """`req` was sent to `pod` (by `choose`, or to a pod a preemption freed): scorers that
-        remember what went where (prefix-cache affinity) learn it here."""
-
-
-POLICIES: dict[str, type[Policy]] = {}
+    def default_pick(self) -> Pick:
+        """How this policy chooses pods unless the configuration's `pick` says otherwise: the pod
+        with the most free KV. The count gate already evens out the requests per pod, and KV is what
+        runs out. Against the earlier least-expected-work picker (`sagesched bench standard` cases):
+        paper-8pods at 1.2 load 23.7 s vs 25.0 s mean TTLT, engine preemptions 8 vs 421; no case
+        worse by > 0.4%."""
+        return Pick.weighted(("free-kv", 1.0))
 
 
-def register_policy(cls: type[Policy]) -> type[Policy]:
-    POLICIES[cls.name] = cls
-    return cls
+POLICIES: Registry[Policy] = Registry("policy")
+register_policy = POLICIES.register
 
 
 def make_policy(name: str, **params: float) -> Policy:
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-    try:
-        return POLICIES[name](**params)
-    except TypeError as exc:
-        raise ValueError(f"policy {name!r} does not take parameters {sorted(params)}") from exc
+    return POLICIES.make(name, params)

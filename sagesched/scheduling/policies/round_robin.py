@@ -1,10 +1,8 @@
 """`round-robin`: what a Kubernetes Service does — no queue, no metrics, next pod in turn."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from sagesched.scheduling.policies.base import PickContext, Policy, register_policy
-from sagesched.scheduling.types import PodView, SchedRequest
+from sagesched.scheduling.picker import Pick
+from sagesched.scheduling.policies.base import Policy, register_policy
 
 
 @register_policy
@@ -12,5 +10,5 @@ class RoundRobin(Policy):
     name = "round-robin"
     central_queue = False
 
-    def choose(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> PodView:
-        return pods[ctx.tick % len(pods)]
+    def default_pick(self) -> Pick:
+        return Pick.weighted(picker="round-robin")

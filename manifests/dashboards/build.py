@@ -18,6 +18,8 @@ class Board:
         self.uid, self.title, self.desc, self.vars = uid, title, desc, variables
         self.panels, self.y, self.id = [], 0, 1
     def row(self, title):
+        if getattr(self, "x", 0) > 0:  # a half-filled line of panels: the row starts below it
+            self.y += self.h
         self.panels.append({"type": "row", "title": title, "id": self.id, "collapsed": False,
                             "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "panels": []})
         self.id += 1; self.y += 1; self.x = 0
@@ -39,7 +41,7 @@ class Board:
                         {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                          "colorMode": "value", "graphMode": "area", "textMode": "auto"},
              "targets": [target(e, l, chr(65 + i)) for i, (e, l) in enumerate(targets)]}
-        self.panels.append(p); self.id += 1
+        self.panels.append(p); self.id += 1; self.h = h
         self.x = getattr(self, "x", 0) + w
         if self.x >= 24: self.x = 0; self.y += h
     def dump(self, name):
@@ -97,6 +99,8 @@ b.panel("In-flight requests per pod", "Requests this router fleet has in flight 
         [('sum by (pod) (sagesched_inflight_requests)', "{{pod}}")], "short", minv=0)
 b.panel("Dispatch decision time (p99)", "Duration of one scheduler dispatch pass.",
         [(f'histogram_quantile(0.99, sum by (policy, le) (rate(sagesched_dispatch_decision_seconds_bucket{{{P}}}[{RI}])))', "{{policy}}")], "s")
+b.panel("Scheduler plugin time per pass (mean)", "Time each scheduling plugin (filter, gate, scorer, picker) takes per pass over the pods.",
+        [(f'sum by (kind, name) (rate(sagesched_plugin_seconds_sum[{RI}])) / sum by (kind, name) (rate(sagesched_plugin_seconds_count[{RI}]))', "{{kind}} {{name}}")], "s")
 b.panel("Pod snapshot age", "Age of the newest metrics snapshot of each pod; beyond the router's snapshot_max_age_s a pod gets no new work.",
         [('max by (pod) (sagesched_pod_snapshot_age_seconds)', "{{pod}}")], "s", minv=0)
 b.row("Live preemption")

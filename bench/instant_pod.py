@@ -22,6 +22,7 @@ from aiohttp import web
 
 from sagesched.engines import vllm
 from sagesched.http_serve import serve_app
+from sagesched.router.proxy import raise_fd_limit
 
 
 class InstantPod:
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--interval", type=float, default=0.0, help="seconds between streamed tokens")
     args = p.parse_args(argv)
+    raise_fd_limit(1 << 20)  # as many held streams as the hard limit allows, whatever the router's limit
     try:
         import uvloop
 

@@ -183,7 +183,8 @@ def loadgen_main(argv: list[str] | None = None) -> int:
 
 # --- the orchestrator --------------------------------------------------------------------------
 def _raise_fd_limit() -> None:
-    """Thousands of held streams need a descriptor each (two in the router); children inherit this."""
+    """Thousands of held streams need a descriptor each in the load generator (the router raises
+    its own limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
@@ -230,10 +231,8 @@ def _stack(args: argparse.Namespace, interval: float, workdir: Path) -> Iterator
         config = workdir / "router.yaml"
         config.write_text(json.dumps({  # YAML is a superset of JSON
             "backends": [{"url": u, "models": [MODEL], "profile": str(profile)} for u in pod_urls],
-            "policy": args.policy, "grpc_port": None, "max_queue_per_model": 100_000,
-            "max_upstream_connections": 2 * max(args.streams, 1024), "snapshot_max_age_s": 3600,
-            "scrape_interval_s": 0.5,
-        }))
+            "policy": args.policy, "grpc_port": None, "snapshot_max_age_s": 3600, "scrape_interval_s": 0.5,
+        }))  # the router's own limits are its defaults: what the held streams show is what users get
         port = free_port()
         router = subprocess.Popen([sys.executable, "-m", "sagesched.cli", "router", "--config", str(config),
                                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING"])
@@ -341,22 +340,22 @@ def _streams(args: argparse.Namespace, stack: _Stack) -> None:
     read the router's in-flight count and memory; then let them finish."""
     from sagesched.router.metrics import INFLIGHT
 
-    cmd = [sys.executable, "-m", "sagesched.bench.overhead", "--rate", str(args.stream_rate), "--count",
-           str(args.streams), "--tokens", str(args.stream_tokens), "--url", stack.router_url]
     rss0 = _rss_mib(stack.router_pid)
-    report = tempfile.TemporaryFile("w+")  # not a pipe: its report outgrows a pipe's buffer before we read it
-    client = subprocess.Popen(cmd, stdout=report, text=True)
     peak_inflight, peak_rss = 0.0, rss0
-    while client.poll() is None:
-        time.sleep(0.5)
-        with contextlib.suppress(OSError):
-            text = _get(f"{stack.router_url}/metrics", 10)
-            held = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                       if line.startswith(INFLIGHT + "{"))
-            peak_inflight = max(peak_inflight, held)
-        peak_rss = max(peak_rss, _rss_mib(stack.router_pid))
-    report.seek(0)
-    result = LoadResult(**json.loads(report.read().strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "load.json"
+        client = subprocess.Popen([sys.executable, "-m", "sagesched.bench.overhead", "--rate", str(args.stream_rate),
+                                   "--count", str(args.streams), "--tokens", str(args.stream_tokens),
+                                   "--url", stack.router_url, "--out", str(report)])
+        while client.poll() is None:
+            time.sleep(0.5)
+            with contextlib.suppress(OSError):
+                text = _get(f"{stack.router_url}/metrics", 10)
+                held = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith(INFLIGHT + "{"))
+                peak_inflight = max(peak_inflight, held)
+            peak_rss = max(peak_rss, _rss_mib(stack.router_pid))
+        result = LoadResult(**json.loads(report.read_text()))
     print(f"concurrent streams: {args.streams} opened at {args.stream_rate:.0f}/s, each {args.stream_tokens} tokens "
           f"{args.stream_interval:.1f}s apart; peak in flight at the router {peak_inflight:.0f} (client "
           f"{result.peak_inflight}), completed {len(result.latencies)}, errors {result.errors}; router RSS "
@@ -366,7 +365,7 @@ def _streams(args: argparse.Namespace, stack: _Stack) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    _raise_fd_limit()
+    # No raised fd limit here: the router inherits this process's, and must cope with it by itself.
     print(f"router overhead: {args.pods} instant pods, policy {args.policy}, {args.tokens} streamed tokens per "
           f"answer, {args.duration:.0f}s per rate; pods, router and load generator in 3 processes sharing "
           f"{os.cpu_count()} cores (fd limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})")

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preemption", action=argparse.BooleanOptionalAction, default=None,
                    help="preemptive policies stop a running stream for a more urgent waiting one and resume it "
                         "later as a continuation (default on)")
-    p.add_argument("--max-queue", type=int, default=None, help="queued requests per model before 429 (default 1024)")
+    p.add_argument("--max-queue", type=int, default=None, help="queued requests per model before 429 (default 8192)")
     p.add_argument("--queue-timeout", type=float, default=None, help="seconds queued before 504 (default 120)")
     p.add_argument("--scrape-interval", type=float, default=None, help="static pods' /metrics period, s (0.5)")
     p.add_argument("--stale-after", type=float, default=None, help="pod metrics older than this are stale, s (5)")

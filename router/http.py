@@ -16,6 +16,25 @@ from .request import Api, LiveRequest
 
 ROUTER_KEY = web.AppKey("router", Router)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class EventStream(web.StreamResponse):
+    """The client's SSE stream, in as few socket writes as its events allow: each write is a
+    system call and a wake-up of the client, the largest per-request cost of relaying an answer.
+    The headers leave with the first events, and the stream's end (the last chunk of the chunked
+    encoding) with its last event, so an answer that arrives in one read goes out in one write."""
+
+    _send_headers_immediately = False  # aiohttp's own switch: headers wait for the first bytes
+    ended = False
+
+    async def send(self, req: LiveRequest, data: bytes) -> None:
+        """Relay `data`; with `req` finished and `data` ending in its [DONE], end the stream too."""
+        if req.finish_reason and data.endswith(DONE_EVENT):
+            self.ended = True
+            await self.write_eof(data)
+        else:
+            await self.write(data)
 
 
 def error_response(router: Router, err: RouterError, model: str) -> web.Response:
@@ -53,7 +72,10 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
 
 async def _read_body(request: web.Request, timeout_s: float) -> bytes:
     """The request body, if it all arrives within `timeout_s`. aiohttp's keep-alive timer drops a
-    client whose headers never complete, not one that trickles (or withholds) its body."""
+    client whose headers never complete, not one that trickles (or withholds) its body. A body
+    that came whole with the headers (the usual case) needs no timer."""
+    if request.content.is_eof():
+        return await request.read()
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
@@ -73,7 +95,7 @@ async def _hang_up(request: web.Request, response: web.Response) -> web.Response
 
 
 async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.StreamResponse:
-    out: web.StreamResponse | None = None
+    out: EventStream | None = None
     try:
         async with router.open(req) as resp:
             if resp.status != 200:
@@ -88,10 +110,10 @@ async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.
                 raw = await router.upstream.unary(req, resp)
                 req.finished_at = router.now()
                 return web.Response(body=raw, headers=_pod_headers(req, resp))
-            out = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": req.public_id})
+            out = EventStream(headers={**SSE_HEADERS, "X-Request-Id": req.public_id})
             await out.prepare(request)
             async for run in router.relay(req, resp):  # one write per read from the pod
-                await out.write(run[0] if len(run) == 1 else b"".join(run))
+                await out.send(req, run[0] if len(run) == 1 else b"".join(run))
             req.finished_at = router.now()
     except RouterError as err:
         if out is None:
@@ -117,8 +139,11 @@ def _pod_headers(req: LiveRequest, resp: ClientResponse) -> dict[str, str]:
             "X-Request-Id": req.public_id}
 
 
-async def _end_stream(out: web.StreamResponse, last: bytes) -> None:
-    """Write the last bytes and close the stream; a client that already left changes nothing."""
+async def _end_stream(out: EventStream, last: bytes) -> None:
+    """Write the last bytes and close the stream, unless its last event closed it already; a client
+    that already left changes nothing."""
+    if out.ended:
+        return
     try:
         if last:
             await out.write(last)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+import resource
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -27,6 +29,7 @@ _FINISH = re.compile(rb'"finish_reason":\s*"([a-z_]+)"')
 _USAGE = re.compile(rb'"usage":\s*\{')
 _DONE = b"data: [DONE]"
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def upstream_body(req: LiveRequest, pod: PodEntry, engine_priority: int | None) -> dict[str, Any]:
@@ -55,12 +58,41 @@ def upstream_headers(req: LiveRequest, pod: PodEntry) -> dict[str, str]:
     return {"X-Request-Id": req.public_id, **req.trace_headers, **pod.auth_headers}
 
 
+def raise_fd_limit(wanted: int) -> int:
+    """Let the process hold `wanted` open files, as far as the hard limit allows; the soft limit
+    now. A soft limit of 1,024 (many containers' default) would refuse connections long before a
+    connection pool of thousands fills."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def split_events(buf: bytes) -> tuple[list[bytes], bytes]:
+    """The complete SSE events in `buf` (each ending in a blank line) and the incomplete rest."""
+    events = []
+    start = 0
+    while (end := buf.find(b"\n\n", start)) >= 0:  # an index, not re-slicing the rest per event
+        events.append(buf[start:end + 2])
+        start = end + 2
+    return events, buf[start:]
+
+
 class Upstream:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        s = settings
+        # Streams also get an idle bound per read (`open`); built once, not per request.
+        self._stream_timeout = aiohttp.ClientTimeout(total=s.upstream_timeout_s, sock_connect=s.connect_timeout_s,
+                                                     sock_read=s.idle_timeout_s)
 
     async def start(self) -> None:
+        wanted = 2 * self.settings.max_upstream_connections  # a held stream: its client's socket and its pod's
+        if (limit := raise_fd_limit(wanted)) < wanted:
+            log.warning("open files limited to %d (hard limit): about %d concurrent streams", limit, limit // 2)
         connector = aiohttp.TCPConnector(limit=self.settings.max_upstream_connections, limit_per_host=0,
                                          keepalive_timeout=60)
         timeout = aiohttp.ClientTimeout(total=self.settings.upstream_timeout_s,
@@ -86,10 +118,7 @@ class Upstream:
         pod's own signs of life (`_unless_hung`) and the total."""
         assert self._session is not None
         s = self.settings
-        options: dict[str, Any] = {}
-        if req.stream:
-            options["timeout"] = aiohttp.ClientTimeout(total=s.upstream_timeout_s, sock_connect=s.connect_timeout_s,
-                                                       sock_read=s.idle_timeout_s)
+        options: dict[str, Any] = {"timeout": self._stream_timeout} if req.stream else {}
         try:
             async with asyncio.timeout(s.first_byte_timeout_s if req.stream else None):
                 post = self._session.post(f"{pod.base_url}{req.api.path}", headers=upstream_headers(req, pod),
@@ -149,32 +178,41 @@ class Upstream:
                     on_token: Callable[[], None]) -> AsyncIterator[list[bytes]]:
         """Per read from the pod: the complete SSE events in it (each ending in a blank line) that
         the client gets, in order. A preempted request's run ends after the read that follows the
-        decision (unless that read finished it): the caller closes the connection and resumes it."""
+        decision (unless that read finished it): the caller closes the connection and resumes it.
+
+        Progress goes to `on_token` once per read, with the read's last count: tokens that arrive
+        together reach the scheduler together, so a burst costs one progress report, not one each."""
         buf = b""
         rewrite = req.continuation.rewrite if req.continuation else None
         async for chunk in resp.content.iter_any():
-            buf = buf + chunk if buf else chunk
-            run: list[bytes] = []
-            start = 0
-            while (end := buf.find(b"\n\n", start)) >= 0:  # an index, not re-slicing the rest per event
-                event = buf[start:end + 2]
-                start = end + 2
-                if rewrite is not None and (event := rewrite(event)) is None:
-                    continue
-                if self.account(req, event, now, on_token):
-                    run.append(event)
-            buf = buf[start:]
-            if run:
+            events, buf = split_events(buf + chunk if buf else chunk)
+            if run := self.accounted(req, events, rewrite, now, on_token):
                 yield run
             if req.preempted and not req.finish_reason:
                 return
-        if buf.strip() and (rewrite is None or (buf := rewrite(buf)) is not None) \
-                and self.account(req, buf, now, on_token):
-            yield [buf]
+        if buf.strip() and (run := self.accounted(req, [buf], rewrite, now, on_token)):
+            yield run
+
+    @classmethod
+    def accounted(cls, req: LiveRequest, events: list[bytes], rewrite: Callable[[bytes], bytes | None] | None,
+                  now: Callable[[], float], on_token: Callable[[], None]) -> list[bytes]:
+        """`events` (rewritten for a continuation, if any) taken into `req` in order, then one
+        progress report if they held tokens; returns those the client gets."""
+        tokens = req.output_tokens
+        run = []
+        for event in events:
+            if rewrite is not None and (event := rewrite(event)) is None:
+                continue
+            if cls.account(req, event, now):
+                run.append(event)
+        if req.output_tokens != tokens:
+            on_token()
+        return run
 
     @staticmethod
-    def account(req: LiveRequest, event: bytes, now: Callable[[], float], on_token: Callable[[], None]) -> bool:
-        """Update `req` from one event; False for events the client did not ask for.
+    def account(req: LiveRequest, event: bytes, now: Callable[[], float]) -> bool:
+        """Update `req` from one event; False for events the client did not ask for. The caller
+        reports progress (`req.output_tokens`) to the scheduler once it has accounted a read.
 
         A content event is progress whether or not it carries usage (with `stream_options.
         continuous_usage_stats` every event does); its usage, when present, is the exact token
@@ -193,7 +231,6 @@ class Upstream:
         if content:
             if req.progress is not None:
                 req.progress.see(event)
-            on_token()
         elif data is not None and not data.get("choices"):  # the usage-only last chunk
             return req.client_wants_usage
         m = _FINISH.search(event)

@@ -69,7 +69,7 @@ class RouterSettings:
     # Clients' `priority` (gRPC priority, gateway x-sagesched-priority) orders the queue before the
     # policy does, within ±this; 0 = ignored, since any client could otherwise jump every queue.
     client_priority_limit: int = 0
-    max_queue_per_model: int = 1024  # beyond this, 429 with Retry-After
+    max_queue_per_model: int = 8192  # beyond this, 429 with Retry-After (a backlog of small objects: cheap to hold)
     retry_after_s: float = 1.0
     queue_timeout_s: float = 120.0  # 504 when no pod takes the request within this
     scrape_interval_s: float = 0.5  # static backends: how often /metrics is read
@@ -92,7 +92,9 @@ class RouterSettings:
     predictor_deadline_s: float = 0.005
     history_maxlen: int = 10_000
     upstream_timeout_s: float = 900.0
-    max_upstream_connections: int = 4096
+    # Pooled pod connections; each running stream holds one. The process raises its open-files
+    # limit to twice this (client and pod sockets) where the hard limit allows.
+    max_upstream_connections: int = 16384
     drain_timeout_s: float = 5.0  # at stop, for completion records still being written
     # On SIGTERM: readiness fails at once and in-flight requests get this long to finish (inside
     # Kubernetes' default 30 s termination grace period).

@@ -53,7 +53,7 @@ class PredictorConfig(_Block):
 
 
 class QueueConfig(_Block):
-    max_per_model: int = Field(1024, ge=0, le=1000000,
+    max_per_model: int = Field(8192, ge=0, le=1000000,
                                description="Queued requests per model before 429 (0: none wait; refused when no pod has room).")
     timeout_seconds: float = Field(120.0, ge=0.1, le=3600, description="Seconds queued before 504.")
     client_priority_limit: int = Field(

@@ -203,7 +203,7 @@ def test_semantic_gpu_predictor_gets_the_gpu_redis_and_cli_flags_it_parses(rende
 def test_router_config_file_is_valid_router_settings(render, tmp_path):
     from sagesched.router.settings import RouterSettings
 
-    for set_name, expect_queue in (("defaults", 1024), ("gateway-monitoring", 2048)):
+    for set_name, expect_queue in (("defaults", 8192), ("gateway-monitoring", 2048)):
         config = render(set_name).one("ConfigMap", "sagesched-router")["data"]["router.yaml"]
         path = tmp_path / f"{set_name}.yaml"
         path.write_text(config)

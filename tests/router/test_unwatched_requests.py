@@ -59,9 +59,23 @@ def test_a_stream_with_usage_in_every_event_reports_first_token_and_exact_counts
                                    "stream_options": {"include_usage": True, "continuous_usage_stats": True}}, 0.0)
     clock = iter(range(1, 100))
     progress: list[int] = []
-    forwarded = [Upstream.account(req, e, lambda: float(next(clock)), lambda: progress.append(req.output_tokens))
-                 for e in CONTINUOUS_USAGE_EVENTS]
-    assert forwarded == [True] * 5
+    forwarded = [Upstream.accounted(req, [e], None, lambda: float(next(clock)),
+                                    lambda: progress.append(req.output_tokens)) for e in CONTINUOUS_USAGE_EVENTS]
+    assert forwarded == [[e] for e in CONTINUOUS_USAGE_EVENTS]
     assert req.first_token_at == 1.0  # the first content event, not the role event before it
-    assert progress == [1, 3]  # one call per content event, with the pod's exact count
+    assert progress == [1, 3]  # one report per read that holds tokens, with the pod's exact count
     assert req.output_tokens == 3 and req.finish_reason == "length"
+
+
+def test_events_that_arrive_in_one_read_reach_the_scheduler_as_one_progress_report():
+    from sagesched.router.parse import parse_request
+    from sagesched.router.proxy import Upstream
+    from sagesched.router.request import Api
+
+    req = parse_request(Api.CHAT, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                                   "stream_options": {"include_usage": True, "continuous_usage_stats": True}}, 0.0)
+    progress: list[int] = []
+    run = Upstream.accounted(req, CONTINUOUS_USAGE_EVENTS, None, lambda: 1.0,
+                             lambda: progress.append(req.output_tokens))
+    assert run == CONTINUOUS_USAGE_EVENTS
+    assert progress == [3]  # the read's last count, once

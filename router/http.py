@@ -22,10 +22,11 @@ DONE_EVENT = b"data: [DONE]\n\n"
 class EventStream(web.StreamResponse):
     """The client's SSE stream, in as few socket writes as its events allow: each write is a
     system call and a wake-up of the client, the largest per-request cost of relaying an answer.
-    The headers leave with the first events, and the stream's end (the last chunk of the chunked
-    encoding) with its last event, so an answer that arrives in one read goes out in one write."""
+    The stream's end (the last chunk of the chunked encoding) leaves with its last event. The
+    headers leave at once, as the pod's did: a client learns its request was accepted even while
+    it waits for a first token behind others (holding them for the first events saved one more
+    write but kept clients of queued requests waiting for any answer at all)."""
 
-    _send_headers_immediately = False  # aiohttp's own switch: headers wait for the first bytes
     ended = False
 
     async def send(self, req: LiveRequest, data: bytes) -> None:

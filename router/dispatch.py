@@ -116,17 +116,21 @@ class Dispatcher:
     def _submit(self, req: LiveRequest) -> None:
         """Hand `req` to the scheduler (keeping its arrival, so its place and aging) and wait for a pass."""
         assert req.sched is not None
-        req.dispatched = asyncio.get_running_loop().create_future()
-        req.enqueued_at = time.perf_counter()
         self.scheduler.submit(req.sched, req.arrival)
-        self.waiting[req.id] = req
-        self._set_depth(req, +1)
+        self._await_dispatch(req)
         if len(self.waiting) == 1:
             # Alone in the queue: a pass now decides exactly what the coalesced pass would, without
             # waiting a loop turn for the dispatch task (the common case whenever pods have room).
             self._pass()
         else:
             self.wake()
+
+    def _await_dispatch(self, req: LiveRequest) -> None:
+        """`req` is in the scheduler's queue: it waits here, with a new future its next dispatch sets."""
+        req.dispatched = asyncio.get_running_loop().create_future()
+        req.enqueued_at = time.perf_counter()
+        self.waiting[req.id] = req
+        self._set_depth(req, +1)
 
     def has_pod(self, model: str) -> bool:
         """Some pod serving `model` is reachable and not ejected (it may still be busy)."""
@@ -233,15 +237,10 @@ class Dispatcher:
         req = self.running.pop(request_id, None)
         if req is None:
             return
-        if req.pod is not None:
-            req.pod.finished(req.id)
-            self.metrics.inflight.labels(req.pod.name).set(len(req.pod.inflight))
+        self._left_pod(req)
         self.metrics.preemptions.labels(pod_name, "index").inc()
         req.preempted, req.preemptions = True, req.preemptions + 1
-        req.dispatched = asyncio.get_running_loop().create_future()
-        req.enqueued_at = time.perf_counter()
-        self.waiting[req.id] = req
-        self._set_depth(req, +1)
+        self._await_dispatch(req)
 
     def keep(self, req: LiveRequest) -> None:
         """A preempted request finished before its stream saw the decision: it no longer waits."""
@@ -270,11 +269,14 @@ class Dispatcher:
         now = asyncio.get_running_loop().time()
         self._retired.pop(req.id, self.scheduler).on_finish(req.id, now)
         self._finishes.setdefault(req.model, deque(maxlen=64)).append(now)
+        self._left_pod(req)
+        if self.waiting:  # a freed slot matters only to a queued request
+            self.wake()
+
+    def _left_pod(self, req: LiveRequest) -> None:
         if req.pod is not None:
             req.pod.finished(req.id)
             self.metrics.inflight.labels(req.pod.name).set(len(req.pod.inflight))
-        if self.waiting:  # a freed slot matters only to a queued request
-            self.wake()
 
     def _set_depth(self, req: LiveRequest, delta: int) -> None:
         self.depth[req.model] += delta

@@ -44,11 +44,6 @@ UPSTREAM_FAULTS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, Ti
 MAX_PENDING_RECORDS = 1024
 
 
-def make_scheduler(settings: RouterSettings) -> Scheduler:
-    """The scheduling core's one Scheduler, as the settings configure it."""
-    return settings.scheduler_config().build()
-
-
 class Router:
     """One router: pods, the dispatcher around the scheduler, the upstream pool, the history."""
 

@@ -111,7 +111,6 @@ def test_profile_and_memory_gate_are_chosen_by_flag_and_unknown_engines_are_refu
     import pytest
 
     from sagesched.router.cli import register, settings_from_args
-    from sagesched.router.pipeline import make_scheduler
     from sagesched.router.settings import Backend
 
     parser = argparse.ArgumentParser()
@@ -120,7 +119,7 @@ def test_profile_and_memory_gate_are_chosen_by_flag_and_unknown_engines_are_refu
                               "--memory-gate", "0.5"])
     settings = settings_from_args(args)
     assert [b.profile for b in settings.backends] == ["h100-llama32-1b"]
-    admission = make_scheduler(settings).admission
+    admission = settings.scheduler_config().build().admission
     assert admission.memory_aware and admission.z == 0.0  # expected need
     with pytest.raises(ValueError, match="unknown engine 'tgi'"):
         Backend(url="http://pod:8000", engine="tgi")

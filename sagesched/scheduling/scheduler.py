@@ -249,7 +249,8 @@ class Scheduler:
         self._rerank(victim, self._inflight[victim.request_id].poly)
         pod = by_name[victim.pod]
         stalled = settings.recompute_weight * max(pod.num_running, len(pod.inflight))
-        lost = self._uncached_on_resume(victim, head, pod)
+        head_needs = self._contribution(head)  # the head's KV on this pod: also its load once placed
+        lost = self._uncached_on_resume(victim, head_needs, pod)
         recompute = self._cost.compute(lost).c0 * max(stalled, 1.0) if lost > 0 else 0.0
         if not worth_preempting(head, queue.aged_rank(head, now), victim, queue.aged_rank(victim, now), recompute,
                                 settings):
@@ -259,10 +260,9 @@ class Scheduler:
         victim.resume_pod, victim.pod, victim.dispatched_at = pod.name, None, None
         self._preempted.append((victim, pod.name))
         self.preemptions += 1
-        poly = self._poly(head)
-        return (pod, poly, self._contribution(head)), victim
+        return (pod, self._poly(head), head_needs), victim
 
-    def _uncached_on_resume(self, victim: SchedRequest, head: SchedRequest, pod: PodView) -> int:
+    def _uncached_on_resume(self, victim: SchedRequest, head_needs: PodLoad, pod: PodView) -> int:
         """Tokens of the victim a resume on its pod computes again. Engines keep an aborted request's
         blocks in their prefix cache (vLLM's automatic prefix caching) until an allocation needs them,
         most recently freed last. Until the victim resumes, the pod takes in the head and the growth
@@ -273,7 +273,7 @@ class Scheduler:
         tokens = victim.prompt_tokens + victim.generated
         if not self.preemption.prefix_cache:
             return tokens
-        head_needs, load = self._contribution(head), self._load.get(pod.name, _NO_LOAD)
+        load = self._load.get(pod.name, _NO_LOAD)
         capacity = pod.profile.kv_capacity_tokens
         room = (self._free_kv(pod) * capacity - pod.kv_usage * capacity - head_needs.pending_prompt
                 - head_needs.growth_mean - load.growth_mean)

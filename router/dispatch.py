@@ -97,10 +97,15 @@ class Dispatcher:
         req.sched = SchedRequest(
             request_id=req.id, model=req.model, prompt_tokens=req.prompt_tokens, arrival=req.arrival,
             distribution=req.distribution, max_tokens=req.max_tokens, priority=self.client_priority(req.priority),
-            watched=req.stream, preemptible=req.progress is not None, prefix_blocks=prefix_blocks(req.prompt_text),
+            watched=req.stream, preemptible=req.progress is not None, prefix_blocks=self._prefix_blocks(req),
             tenant=req.tenant,
         )
         self._submit(req)
+
+    def _prefix_blocks(self, req: LiveRequest) -> tuple[int, ...]:
+        """The prompt's block hashes, only for a pick that reads them (hashing a long prompt costs
+        microseconds on every request)."""
+        return prefix_blocks(req.prompt_text) if self.scheduler.pick.reads_prefix_blocks else ()
 
     @property
     def tenant_header(self) -> str:

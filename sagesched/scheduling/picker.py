@@ -31,6 +31,8 @@ class Scorer(Plugin):
     """Rates pods for a request, higher better, one float per pod; None when the request gives it
     nothing to tell pods apart by (every pod 0: skipped)."""
 
+    reads_prefix_blocks = False  # it needs `SchedRequest.prefix_blocks` (hashed from the prompt by the router)
+
     def score(self, req: SchedRequest, pods: Sequence[PodView], ctx: "PickContext") -> list[float] | None:
         raise NotImplementedError
 
@@ -110,6 +112,11 @@ class Pick:
     def weighted(cls, *scorers: tuple[str, float], picker: str = "max-score") -> "Pick":
         """A policy's default: scorers by name with their default parameters."""
         return cls([((name, {}), w) for name, w in scorers], (picker, {}))
+
+    @property
+    def reads_prefix_blocks(self) -> bool:
+        """Whether a request's prompt blocks matter to this pick: the router hashes prompts only then."""
+        return any(scorer.reads_prefix_blocks for _, scorer in self.scorers)
 
     def choose(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> PodView | None:
         clock = ctx.clock

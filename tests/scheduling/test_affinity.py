@@ -75,3 +75,14 @@ def test_sagesched_weighs_affinity_against_free_kv() -> None:
 
 def _ctx(policy) -> PickContext:
     return PickContext(policy.default_pick(), lambda p: 1.0 - p.kv_usage, 0, PluginClock())
+
+
+def test_only_picks_with_the_prefix_scorer_ask_for_prompt_blocks():
+    """The router hashes prompts (microseconds per long prompt) only for a pick that reads them."""
+    from sagesched.scheduling.picker import Pick
+    from sagesched.scheduling.policies import make_policy
+
+    assert make_policy("llmd").default_pick().reads_prefix_blocks
+    assert make_policy("sagesched").default_pick().reads_prefix_blocks
+    assert not make_policy("fcfs").default_pick().reads_prefix_blocks
+    assert not Pick.weighted(("kv", 1.0), ("prefix", 0.0)).reads_prefix_blocks  # a zero weight is not run

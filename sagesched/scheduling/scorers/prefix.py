@@ -13,6 +13,7 @@ from sagesched.scheduling.types import PodView, SchedRequest
 @SCORERS.register
 class Prefix(Scorer):
     name = "prefix"
+    reads_prefix_blocks = True
 
     def __init__(self) -> None:
         self.index = PrefixIndex()

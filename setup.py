@@ -1,32 +1,23 @@
-"""Package layout: one distribution, one import root (`sagesched`).
+"""Package layout: one distribution, one import root (`sagesched`), and imports that name real paths.
 
-The architecture's top-level folders are subpackages of `sagesched`, so a reader finds each component
-by folder name while code imports it as `sagesched.<component>` (`operator` cannot be a top-level
-import name: the standard library owns it). Everything else lives in pyproject.toml.
+The architecture's component folders sit at the top of the repository (router/, operator/,
+predictor_service/, bench/) so a reader finds each by name. Code imports them as
+`sagesched.<name>`, and each such path exists on disk: `sagesched/<name>` is a link to its folder
+(`sagesched/predictor` -> `predictor_service/`), which editors, type checkers and Python itself follow.
+`operator/` has no `__init__.py`: from the repository root it must not shadow the standard library's
+`operator` (inside `sagesched` it is a namespace package). Everything else lives in pyproject.toml.
 """
-from pathlib import Path
+import os
 
 from setuptools import setup
 
-FOLDERS = {
-    "sagesched": "sagesched",
-    "sagesched.router": "router",
-    "sagesched.operator": "operator",
-    "sagesched.predictor": "predictor_service",
-    "sagesched.bench": "bench",
-}
+NAMESPACE_PACKAGES = ("sagesched/operator",)  # folders without __init__.py that are packages all the same
 
 
-def _packages() -> tuple[list[str], dict[str, str]]:
-    packages, package_dir = [], {}
-    for name, folder in FOLDERS.items():
-        for init in sorted(Path(folder).rglob("__init__.py")):
-            rel = init.parent.relative_to(folder).parts
-            pkg = ".".join((name, *rel))
-            packages.append(pkg)
-            package_dir[pkg] = str(init.parent)
-    return packages, package_dir
+def _packages() -> list[str]:
+    """Every folder under sagesched/ (links followed) that holds an __init__.py, plus the namespace ones."""
+    folders = {root for root, _, files in os.walk("sagesched", followlinks=True) if "__init__.py" in files}
+    return sorted(folder.replace(os.sep, ".") for folder in folders | set(NAMESPACE_PACKAGES))
 
 
-PACKAGES, PACKAGE_DIR = _packages()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR)
+setup(packages=_packages())

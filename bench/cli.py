@@ -1,23 +1,20 @@
 """`sagesched bench <what>`: every benchmark in one group.
 
-Each benchmark module exposes `register_bench(subparsers)`; list it in BENCH_MODULES.
+Each benchmark module exposes `register_bench(subparsers)`; list it in BENCHES.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 
-BENCH_MODULES: tuple[str, ...] = (
-    "sagesched.emulator.bench",
-    "sagesched.predictor.cli",
-    "sagesched.simulator.cli",
-    "sagesched.simulator.standard",
-    "sagesched.bench.live",
-    "sagesched.bench.decisions",
-    "sagesched.bench.preemption",
-    "sagesched.operator.bench",
-    "sagesched.router.gateway.bench",
-)
+from sagesched.bench import decisions, live, preemption, standard
+from sagesched.emulator import bench as emulator_bench
+from sagesched.operator import bench as operator_bench
+from sagesched.predictor import cli as predictor_cli
+from sagesched.router.gateway import bench as gateway_bench
+from sagesched.simulator import cli as simulator_cli
+
+BENCHES = (emulator_bench, predictor_cli, simulator_cli, standard, live, decisions, preemption, operator_bench,
+           gateway_bench)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,5 +22,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description="Benchmarks of every component; `sagesched bench WHAT --help` "
                                                "describes each.")
     bench = parser.add_subparsers(dest="bench", metavar="WHAT", required=True)
-    for module_name in BENCH_MODULES:
-        importlib.import_module(module_name).register_bench(bench)
+    for module in BENCHES:
+        module.register_bench(bench)

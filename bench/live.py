@@ -231,6 +231,6 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
 
 
 def run_overhead(args: argparse.Namespace) -> int:
-    from .overhead import main
+    from sagesched.bench.overhead import main
 
     return main(args)

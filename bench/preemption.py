@@ -7,7 +7,7 @@ requests that ask for their length by `min_tokens` alone (pods that stop as earl
 router learns nothing from them that the simulator's scheduler would not know. Every policy runs on
 identically configured fresh pods; then the simulator runs the same requests on the same pods and
 profile, policy by policy. Latencies are in emulated seconds on the clock the pods share (see
-router/demo.py: host stalls are taken out of it).
+bench/demo.py: host stalls are taken out of it).
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def simulate(label: str, args: argparse.Namespace, profile: str, history, trace,
 
 
 async def _live(label: str, args: argparse.Namespace, profile: str, history, workload):
-    from sagesched.router.demo import LiveSetup, run_policy
+    from sagesched.bench.demo import LiveSetup, run_policy
 
     setup = LiveSetup(args.pods, profile, args.time_scale, args.seed, scheduling="priority", hide_lengths=True)
     work = (workload.arrivals, workload.prompts, workload.outputs)

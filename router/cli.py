@@ -1,4 +1,4 @@
-"""`sagesched router` (the data plane) and `sagesched demo` (emulated pods + router + trace replay)."""
+"""`sagesched router`: the data plane."""
 from __future__ import annotations
 
 import argparse
@@ -69,38 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Python logging level: DEBUG, INFO, WARNING, ERROR (default %(default)s)")
     p.set_defaults(func=run_router)
 
-    d = subparsers.add_parser("demo", help="emulated pods + router + Azure trace replay: policy comparison",
-                              description="Start N emulated vLLM pods and a router in this process, replay a "
-                                          "slice of an Azure production trace through the router with the "
-                                          "official openai client, once per policy, compare latencies, and "
-                                          "check the order against the simulator on the same slice.")
-    d.add_argument("--pods", type=int, default=4, help="emulated pods (default 4)")
-    d.add_argument("--requests", type=int, default=300, help="trace requests per policy (default 300)")
-    d.add_argument("--rate", type=float, default=30.0,
-                   help="mean arrivals per emulated second, trace burstiness kept (default 30; 0 = the trace rate)")
-    d.add_argument("--time-scale", type=float, default=1.0,
-                   help="wall seconds per emulated second (default 1: real time; below it, one process may run "
-                        "short of CPU and its latencies stretch)")
-    d.add_argument("--policies", default="sagesched,round-robin,fcfs", help="comma-separated policies to compare")
-    d.add_argument("--seed", type=int, default=0,
-                   help="random seed of the emulated pods and the simulator check (default %(default)s)")
-    d.add_argument("--max-output", type=int, default=None, help="cap output lengths (tokens) to keep it short")
-    d.add_argument("--max-prompt", type=int, default=None, help="cap prompt lengths (tokens)")
-    d.add_argument("--json", default=None, help="also write the results to this JSON file")
-    d.add_argument("--trace", default="code", choices=("conv", "code"),
-                   help="Azure trace to replay (default code: prefill-heavy, large stable policy differences)")
-    d.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run the simulator on the same slice, pods and profile, and compare policy order")
-    d.add_argument("--max-stall", type=float, default=0.5,
-                   help="share of a replay's wall time the host may stall the demo's process (taken out of the "
-                        "emulated clock) before the demo reports that the host could not keep up (default 0.5)")
-    d.set_defaults(func=run_demo)
-
 
 def settings_from_args(args: argparse.Namespace):
     import os
 
-    from .settings import Backend, RouterSettings
+    from sagesched.router.settings import Backend, RouterSettings
 
     overrides = {
         "host": args.host, "port": args.port, "redis_url": args.redis_url, "policy": args.policy,
@@ -135,7 +108,7 @@ def run_router(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from .server import serve_forever
+    from sagesched.router.server import serve_forever
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
@@ -147,19 +120,12 @@ def run_router(args: argparse.Namespace) -> int:
         raise SystemExit("--tls-cert and --tls-key go together")
     if not settings.backends and not settings.redis_url:
         raise SystemExit("no pods: pass --backend URL (repeatable), --config, or --redis-url")
-    _install_uvloop()
+    install_uvloop()
     asyncio.run(serve_forever(settings))
     return 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from .demo import main
-
-    _install_uvloop()
-    return main(args)
-
-
-def _install_uvloop() -> None:
+def install_uvloop() -> None:
     try:
         import uvloop
     except ImportError:

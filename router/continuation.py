@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from sagesched.engines import ENGINES
 
 if TYPE_CHECKING:
-    from .request import LiveRequest
+    from sagesched.router.request import LiveRequest
 
 # The client opts out with this header set to "false" (its requests then always run to completion).
 PREEMPTIBLE_HEADER = "x-sagesched-preemptible"

@@ -18,12 +18,12 @@ from sagesched.scheduling.fairness import tenant_label
 from sagesched.scheduling.scheduler import Scheduler
 from sagesched.scheduling.types import SchedRequest
 
-from .continuation import CONTINUING_ENGINES
-from .errors import RouterError, no_pods, queue_full, queue_timeout
-from .metrics import RouterMetrics
-from .pods import PodEntry, PodSet
-from .request import LiveRequest
-from .settings import RouterSettings
+from sagesched.router.continuation import CONTINUING_ENGINES
+from sagesched.router.errors import RouterError, no_pods, queue_full, queue_timeout
+from sagesched.router.metrics import RouterMetrics
+from sagesched.router.pods import PodEntry, PodSet
+from sagesched.router.request import LiveRequest
+from sagesched.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 

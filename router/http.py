@@ -9,10 +9,10 @@ import asyncio
 
 from aiohttp import ClientResponse, web
 
-from .errors import RouterError, internal_error, pod_failed
-from .parse import parse_body, parse_request
-from .pipeline import Router
-from .request import Api, LiveRequest
+from sagesched.router.errors import RouterError, internal_error, pod_failed
+from sagesched.router.parse import parse_body, parse_request
+from sagesched.router.pipeline import Router
+from sagesched.router.request import Api, LiveRequest
 
 ROUTER_KEY = web.AppKey("router", Router)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

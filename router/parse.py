@@ -15,9 +15,9 @@ from typing import Any
 
 from sagesched.scheduling.config import DEFAULT_TENANT_HEADER
 
-from .continuation import PREEMPTIBLE_HEADER
-from .errors import bad_request
-from .request import Api, LiveRequest
+from sagesched.router.continuation import PREEMPTIBLE_HEADER
+from sagesched.router.errors import bad_request
+from sagesched.router.request import Api, LiveRequest
 
 CHARS_PER_TOKEN = 4
 # Chat templates add a few tokens of framing per message.

@@ -24,16 +24,16 @@ from sagesched.scheduling.config import SchedulerConfig
 from sagesched.scheduling.priority import LOWER_FIRST
 from sagesched.state.history import CompletionRecord, HistoryStore, InProcessHistoryStore
 
-from .continuation import Progress, continuation_of, why_not_preemptible
-from .dispatch import Dispatcher
-from .errors import RouterError, resume_refused, unknown_model
-from .metrics import RouterMetrics
-from .pods import PodEntry, PodSet
-from .predict import PredictStage
-from .proxy import Upstream
-from .request import LiveRequest
-from .settings import RouterSettings
-from .sync import StoreSync
+from sagesched.router.continuation import Progress, continuation_of, why_not_preemptible
+from sagesched.router.dispatch import Dispatcher
+from sagesched.router.errors import RouterError, resume_refused, unknown_model
+from sagesched.router.metrics import RouterMetrics
+from sagesched.router.pods import PodEntry, PodSet
+from sagesched.router.predict import PredictStage
+from sagesched.router.proxy import Upstream
+from sagesched.router.request import LiveRequest
+from sagesched.router.settings import RouterSettings
+from sagesched.router.sync import StoreSync
 
 log = logging.getLogger(__name__)
 # what a pod's broken or silent stream raises while it is read (Upstream.open converts them to RouterErrors)

@@ -24,8 +24,8 @@ from sagesched.scheduling.types import PodView
 from sagesched.state.pod_store import PodSnapshotStore
 from sagesched.state.snapshot import PodSnapshot
 
-from .metrics import RouterMetrics
-from .settings import Backend, RouterSettings
+from sagesched.router.metrics import RouterMetrics
+from sagesched.router.settings import Backend, RouterSettings
 
 log = logging.getLogger(__name__)
 

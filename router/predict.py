@@ -10,8 +10,8 @@ import asyncio
 import time
 from typing import Any
 
-from .metrics import RouterMetrics
-from .request import LiveRequest
+from sagesched.router.metrics import RouterMetrics
+from sagesched.router.request import LiveRequest
 
 
 class PredictStage:

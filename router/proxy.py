@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from .continuation import ROLE as _ROLE  # a chat stream's opening chunk: no token yet
-from .errors import upstream_connection_error, upstream_timeout
-from .pods import PodEntry
-from .request import LiveRequest
-from .settings import RouterSettings
+from sagesched.router.continuation import ROLE as _ROLE  # a chat stream's opening chunk: no token yet
+from sagesched.router.errors import upstream_connection_error, upstream_timeout
+from sagesched.router.pods import PodEntry
+from sagesched.router.request import LiveRequest
+from sagesched.router.settings import RouterSettings
 
 _FINISH = re.compile(rb'"finish_reason":\s*"([a-z_]+)"')
 _USAGE = re.compile(rb'"usage":\s*\{')

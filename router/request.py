@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from sagesched.distribution import LengthDistribution
     from sagesched.scheduling.types import SchedRequest
 
-    from .continuation import Continuation, Progress
-    from .pods import PodEntry
+    from sagesched.router.continuation import Continuation, Progress
+    from sagesched.router.pods import PodEntry
 
 
 class Api(str, Enum):

@@ -15,9 +15,9 @@ from aiohttp import web
 
 from sagesched.http_serve import serve_app
 
-from .http import build_app
-from .pipeline import Router
-from .settings import RouterSettings
+from sagesched.router.http import build_app
+from sagesched.router.pipeline import Router
+from sagesched.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,11 @@ class RouterServer:
         self._runner, self.port = await serve_app(build_app(self.router), self.settings.host, self.settings.port,
                                                   handler_cancellation=True, ssl_context=self._ssl_context())
         if self.settings.grpc_port is not None:
-            from .grpc_api import start_grpc
+            from sagesched.router.grpc_api import start_grpc
 
             self._grpc, self.grpc_port = await start_grpc(self.router, self.settings.host, self.settings.grpc_port)
         if self.settings.ext_proc_port:
-            from .gateway.server import ExtProcServer
+            from sagesched.router.gateway.server import ExtProcServer
 
             self._ext_proc = await ExtProcServer(self.router, self.settings.host, self.settings.ext_proc_port,
                                                  self.settings.ext_proc_fail_open).start()

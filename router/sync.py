@@ -17,7 +17,7 @@ from sagesched.scheduling.config import SchedulerConfig
 from sagesched.state.pod_store import PodSnapshotStore
 
 if TYPE_CHECKING:
-    from .pipeline import Router
+    from sagesched.router.pipeline import Router
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from sagesched.router.pods import PodEntry
 from sagesched.router.proxy import upstream_body
 from sagesched.router.request import Api, LiveRequest
 
-from .placement import GatewayPlacement
-from .protocol import PRIORITY_HEADER, GatewayError, GatewayRequest, NoEndpoint
-from .usage import ResponseMeter
+from sagesched.router.gateway.placement import GatewayPlacement
+from sagesched.router.gateway.protocol import PRIORITY_HEADER, GatewayError, GatewayRequest, NoEndpoint
+from sagesched.router.gateway.usage import ResponseMeter
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .protocol import DESTINATION_HEADER, EXT_PROC_SERVICE, LB_NAMESPACE, SUBSET_KEY, SUBSET_NAMESPACE
+from sagesched.router.gateway.protocol import DESTINATION_HEADER, EXT_PROC_SERVICE, LB_NAMESPACE, SUBSET_KEY, SUBSET_NAMESPACE
 
 BODY_MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
 POOL, PICKER = "pool", "sagesched-picker"

@@ -14,9 +14,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 
 from sagesched.router.pipeline import Router
 
-from .backend import RouterBackend
-from .protocol import EXT_PROC_SERVICE
-from .servicer import EndpointPicker, GatewaySettings
+from sagesched.router.gateway.backend import RouterBackend
+from sagesched.router.gateway.protocol import EXT_PROC_SERVICE
+from sagesched.router.gateway.servicer import EndpointPicker, GatewaySettings
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .metrics import FLAVORS
+    from sagesched.emulator.metrics import FLAVORS
 
     parser = subparsers.add_parser(
         "emulate-pod", help="vLLM-compatible pod emulator driven by the engine model",
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from .pod import PodConfig
+    from sagesched.emulator.pod import PodConfig
 
     base = PodConfig()
     return PodConfig(
@@ -45,7 +45,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .pod import start_pods
+    from sagesched.emulator.pod import start_pods
 
     async def serve() -> None:
         pods = await start_pods(args.pods, config_from_args(args))

@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .text import count_chat_tokens, count_text_tokens, split_generated
+from sagesched.emulator.text import count_chat_tokens, count_text_tokens, split_generated
 
 # vLLM's own check (a request validator) when both are given; transformers' chat template raises
 # the second when `add_generation_prompt` is left at its default

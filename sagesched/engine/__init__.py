@@ -2,9 +2,9 @@
 
 Shared by the pod emulator (real time) and the cluster simulator (virtual clock).
 """
-from .engine import Engine, EngineCounters, StepOutcome
-from .profile import DEFAULT_PROFILE, StepTimeProfile, available_profiles, load_profile
-from .request import EngineRequest, FinishReason, RequestStatus
+from sagesched.engine.engine import Engine, EngineCounters, StepOutcome
+from sagesched.engine.profile import DEFAULT_PROFILE, StepTimeProfile, available_profiles, load_profile
+from sagesched.engine.request import EngineRequest, FinishReason, RequestStatus
 
 __all__ = [
     "DEFAULT_PROFILE", "Engine", "EngineCounters", "EngineRequest", "FinishReason", "RequestStatus",

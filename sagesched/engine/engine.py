@@ -16,10 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .kv_cache import KVCache, blocks_for
-from .profile import StepTimeProfile
-from .queues import make_queue
-from .request import EngineRequest, FinishReason, RequestStatus
+from sagesched.engine.kv_cache import KVCache, blocks_for
+from sagesched.engine.profile import StepTimeProfile
+from sagesched.engine.queues import make_queue
+from sagesched.engine.request import EngineRequest, FinishReason, RequestStatus
 
 # A decode run this short is timed with scalar float additions, longer ones with numpy; both add the
 # same numbers in the same order, so the choice changes only speed.

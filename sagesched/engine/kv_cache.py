@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .request import EngineRequest
+from sagesched.engine.request import EngineRequest
 
 
 def blocks_for(tokens: int, block_size: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-from .request import EngineRequest
+from sagesched.engine.request import EngineRequest
 
 
 class WaitingQueue:

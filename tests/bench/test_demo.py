@@ -6,7 +6,7 @@ import json
 
 from sagesched.bench.live import Outcome, Summary
 from sagesched.cli import build_parser
-from sagesched.router.demo import EXIT_FAILED, EXIT_ORDER_DIFFERS, HostLoad, PolicyRun, StallFreeClock, _main, judge
+from sagesched.bench.demo import EXIT_FAILED, EXIT_ORDER_DIFFERS, HostLoad, PolicyRun, StallFreeClock, _main, judge
 
 TINY = ["demo", "--pods", "2", "--requests", "12", "--rate", "20", "--max-output", "64",
         "--policies", "sagesched,round-robin"]

@@ -244,8 +244,8 @@ async def run_policy(label: str, setup: LiveSetup, history: tuple, work: tuple) 
     """Replay `work` through a router running the policy `label` in front of fresh emulated pods."""
     from sagesched.emulator import start_pods
 
-    from .server import RouterServer
-    from .settings import Backend, RouterSettings
+    from sagesched.router.server import RouterServer
+    from sagesched.router.settings import Backend, RouterSettings
 
     pods = await start_pods(setup.pods, setup.pod_config())
     clock = StallFreeClock(setup.time_scale)
@@ -405,3 +405,39 @@ def _simulate(args: argparse.Namespace, policies: list[str], profile: str, work:
 def main(args: argparse.Namespace) -> int:
     np.seterr(all="ignore")
     return asyncio.run(_main(args))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    d = subparsers.add_parser("demo", help="emulated pods + router + Azure trace replay: policy comparison",
+                              description="Start N emulated vLLM pods and a router in this process, replay a "
+                                          "slice of an Azure production trace through the router with the "
+                                          "official openai client, once per policy, compare latencies, and "
+                                          "check the order against the simulator on the same slice.")
+    d.add_argument("--pods", type=int, default=4, help="emulated pods (default 4)")
+    d.add_argument("--requests", type=int, default=300, help="trace requests per policy (default 300)")
+    d.add_argument("--rate", type=float, default=30.0,
+                   help="mean arrivals per emulated second, trace burstiness kept (default 30; 0 = the trace rate)")
+    d.add_argument("--time-scale", type=float, default=1.0,
+                   help="wall seconds per emulated second (default 1: real time; below it, one process may run "
+                        "short of CPU and its latencies stretch)")
+    d.add_argument("--policies", default="sagesched,round-robin,fcfs", help="comma-separated policies to compare")
+    d.add_argument("--seed", type=int, default=0,
+                   help="random seed of the emulated pods and the simulator check (default %(default)s)")
+    d.add_argument("--max-output", type=int, default=None, help="cap output lengths (tokens) to keep it short")
+    d.add_argument("--max-prompt", type=int, default=None, help="cap prompt lengths (tokens)")
+    d.add_argument("--json", default=None, help="also write the results to this JSON file")
+    d.add_argument("--trace", default="code", choices=("conv", "code"),
+                   help="Azure trace to replay (default code: prefill-heavy, large stable policy differences)")
+    d.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the simulator on the same slice, pods and profile, and compare policy order")
+    d.add_argument("--max-stall", type=float, default=0.5,
+                   help="share of a replay's wall time the host may stall the demo's process (taken out of the "
+                        "emulated clock) before the demo reports that the host could not keep up (default 0.5)")
+    d.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sagesched.router.cli import install_uvloop
+
+    install_uvloop()
+    return main(args)

@@ -43,7 +43,7 @@ class SaturatedCluster:
         preemptive = Preemption(min_gain=1e9)  # decided on (candidate found, refreshed), never carried out
         self.sched = Scheduler(policy, Admission(engine_buffer=1, prefill_tokens=0),
                                preemption=preemptive if policy == "sagesched" else NO_PREEMPTION)
-        self.pods = [PodView(f"pod-{k}", ("m",), profile) for k in range(pods)]
+        self.pods = [self.sched.view(f"pod-{k}", ("m",), profile) for k in range(pods)]
         self.by_name = {p.name: p for p in self.pods}
         self.dists = [LengthDistribution.from_samples([int(self.rng.lognormvariate(5, 1)) + 1 for _ in range(50)])
                       for _ in range(16)]
@@ -69,7 +69,7 @@ class SaturatedCluster:
 
     def _start(self, req: SchedRequest, pod: PodView) -> None:
         """The engine took it in and streamed a token, as its next metrics report would say."""
-        pod.num_running, pod.num_waiting = pod.num_running + 1, 0
+        pod.num_running, pod.sent_mark = pod.num_running + 1, pod.ledger.sent
         self.sched.on_progress(req.request_id, 1)
         self.running.append(req)
 

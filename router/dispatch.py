@@ -34,13 +34,14 @@ class Dispatcher:
         self.scheduler = scheduler
         self.config = config
         self.policy = config.name
-        # Running requests dispatched by a scheduler since swapped out: that one keeps their ledger.
-        self._retired: dict[str, Scheduler] = {}
         self.pods = pods
         self.settings = settings
         self.metrics = metrics
+        # Every request from enqueue to finish, by id: the handles a dispatch or preemption decision
+        # reaches its client through. Whether one is at a pod is the scheduler's ledger's to say;
+        # `waiting` are those whose next dispatch a client awaits.
+        self.requests: dict[str, LiveRequest] = {}
         self.waiting: dict[str, LiveRequest] = {}
-        self.running: dict[str, LiveRequest] = {}
         self.depth: Counter[str] = Counter()
         self.tenant_depth: Counter[tuple[str, str]] = Counter()  # (model, tenant label) → waiting
         self._wake = asyncio.Event()
@@ -52,6 +53,12 @@ class Dispatcher:
         self._finishes: dict[str, deque[float]] = {}
         pods.on_change = self.wake
         metrics.watch_plugins(lambda: self.scheduler.plugin_times)
+
+    @property
+    def running(self) -> dict[str, LiveRequest]:
+        """The requests at pods: the ledger's, as the clients' requests."""
+        requests = self.requests
+        return {rid: requests[rid] for rid in self.scheduler.ledger.entries if rid in requests}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="dispatch")
@@ -70,15 +77,14 @@ class Dispatcher:
 
     def swap(self, scheduler: Scheduler, config: SchedulerConfig) -> None:
         """Serve a new configuration now, losing no request: queued requests move to the new
-        scheduler (keeping their arrival, so their place and aging); running ones stay in the ledger
-        of the scheduler that dispatched them until they leave their pods, because only it knows
-        their cost and load. Meanwhile the new one sees their load in the pods' counts. Waiting for
+        scheduler (keeping their arrival, so their place and aging); running ones stay in the
+        ledger, which the new scheduler adopts, with the cost they were dispatched on. Waiting for
         an idle moment instead could wait forever under steady traffic."""
         old = self.scheduler
         for req in self.waiting.values():
             old.cancel(req.id)
             scheduler.submit(req.sched, req.arrival)
-        self._retired.update({rid: old for rid in self.running if rid not in self._retired})
+        scheduler.adopt(old.ledger)
         for model, depth in self.depth.items():
             self.metrics.queue_depth.remove(model, self.policy)
             self.metrics.queue_depth.labels(model, config.name).set(depth)
@@ -121,6 +127,7 @@ class Dispatcher:
     def _submit(self, req: LiveRequest) -> None:
         """Hand `req` to the scheduler (keeping its arrival, so its place and aging) and wait for a pass."""
         assert req.sched is not None
+        self.requests[req.id] = req
         self.scheduler.submit(req.sched, req.arrival)
         self._await_dispatch(req)
         if len(self.waiting) == 1:
@@ -180,9 +187,11 @@ class Dispatcher:
         self._submit(req)
 
     def _withdraw(self, req: LiveRequest) -> bool:
-        """Take a waiting request out of the queue; False if it was dispatched meanwhile."""
+        """Take a waiting request out of the queue, and out of the dispatcher's hands; False if it
+        was dispatched meanwhile."""
         if self.waiting.pop(req.id, None) is None:
             return False
+        self.requests.pop(req.id, None)
         self.scheduler.cancel(req.id)
         self._set_depth(req, -1)
         return True
@@ -224,13 +233,11 @@ class Dispatcher:
                 self.metrics.unpreemptible.labels("engine").inc()
             req.pod = pod
             req.dispatched_at = loop_now
-            pod.dispatched(req.id, watched=req.stream)
-            self.running[req.id] = req
             self._set_depth(req, -1)
             self.metrics.queue_wait.labels(req.model, self.policy).observe(req.queue_wait)
             decision.observe(time.perf_counter() - req.enqueued_at)
             self.metrics.dispatches.labels(pod.name, self.policy).inc()
-            self.metrics.inflight.labels(pod.name).set(len(pod.inflight))
+            self._count_inflight(pod)
             if req.dispatched is not None and not req.dispatched.done():
                 req.dispatched.set_result(pod)
         return len(pairs)
@@ -239,7 +246,7 @@ class Dispatcher:
         """The scheduler displaced this running request (and queued it again): it leaves its pod's
         accounting now and waits like a new arrival; its stream notices `preempted` at its next
         event, closes the pod's connection and waits for its next dispatch (`Router.relay`)."""
-        req = self.running.pop(request_id, None)
+        req = self.requests.get(request_id)
         if req is None:
             return
         self._left_pod(req)
@@ -257,9 +264,7 @@ class Dispatcher:
         if req.preempted:  # tokens still arriving from the pod it is leaving: its next run counts them
             return
         first = req.sched is not None and req.sched.generated <= 0
-        self._retired.get(req.id, self.scheduler).on_progress(req.id, req.output_tokens)
-        if req.pod is not None:
-            req.pod.started(req.id)
+        self.scheduler.on_progress(req.id, req.output_tokens)
         if first and self.waiting:
             # Admission holds back pods with `engine_buffer` requests yet to stream; a first token
             # frees such a place, and without a pass now the queue would wait for the next arrival,
@@ -268,20 +273,24 @@ class Dispatcher:
 
     def finish(self, req: LiveRequest) -> None:
         """`req` left its pod (done, failed or aborted): free its place and dispatch again."""
-        if self.running.pop(req.id, None) is None:
+        if req.id not in self.scheduler.ledger:
             self._withdraw(req)
             return
+        self.requests.pop(req.id, None)
         now = asyncio.get_running_loop().time()
-        self._retired.pop(req.id, self.scheduler).on_finish(req.id, now)
+        self.scheduler.on_finish(req.id, now)
         self._finishes.setdefault(req.model, deque(maxlen=64)).append(now)
         self._left_pod(req)
         if self.waiting:  # a freed slot matters only to a queued request
             self.wake()
 
     def _left_pod(self, req: LiveRequest) -> None:
+        """The scheduler has taken it off its pod's page already (finish or preemption)."""
         if req.pod is not None:
-            req.pod.finished(req.id)
-            self.metrics.inflight.labels(req.pod.name).set(len(req.pod.inflight))
+            self._count_inflight(req.pod)
+
+    def _count_inflight(self, pod: PodEntry) -> None:
+        self.metrics.inflight.labels(pod.name).set(len(pod.inflight))
 
     def _set_depth(self, req: LiveRequest, delta: int) -> None:
         self.depth[req.model] += delta

@@ -60,10 +60,10 @@ class Router:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or RouterMetrics()
-        self.pods = PodSet(settings, self.metrics, store=pod_store)
         config = settings.scheduler_config()
-        self.dispatcher = Dispatcher(scheduler if scheduler is not None else config.build(), config, self.pods,
-                                     settings, self.metrics)
+        scheduler = scheduler if scheduler is not None else config.build()
+        self.pods = PodSet(settings, self.metrics, scheduler.ledger, store=pod_store)
+        self.dispatcher = Dispatcher(scheduler, config, self.pods, settings, self.metrics)
         self.metrics.serving_policy(settings.store_policy or "", config.name, 0)
         self.predictor = PredictStage(estimator if estimator is not None else HistoryEstimator(), self.metrics,
                                       predictor_client, settings.predictor_deadline_s)

@@ -20,7 +20,8 @@ import aiohttp
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
 from sagesched.engines import parse_metrics
-from sagesched.scheduling.types import PodView
+from sagesched.scheduling.ledger import Ledger, LedgerMark, PodLedger
+from sagesched.scheduling.types import PodView, SchedRequest
 from sagesched.state.pod_store import PodSnapshotStore
 from sagesched.state.snapshot import PodSnapshot
 
@@ -44,21 +45,14 @@ class PodEntry:
     snapshot: PodSnapshot | None = None
     reachable: bool = False
     model_cards: list[dict[str, Any]] = field(default_factory=list)
-    inflight: set[str] = field(default_factory=set)  # request ids this router has there
     static: bool = True
     listed: bool = True  # the store lists it now (store pods); an unlisted pod takes nothing new
-    # Our dispatches minus our finishes since the snapshot was taken: a scrape is up to an interval
-    # old, and a pod that just finished a request must not look full until the next one.
-    delta: int = 0
-    # Ours there that have streamed nothing yet (queued or prefilling at the engine), now and when the
-    # snapshot was taken: the snapshot's waiting count minus the latter is other clients' waiting.
-    unstarted: set[str] = field(default_factory=set)
-    unstarted_at_snapshot: int = 0
-    # Ours whose tokens cannot be watched (non-streaming answers arrive whole) and not yet in a
-    # snapshot: they count as waiting until the next one, from which on the engine's own counts
-    # hold them wherever they are. Left waiting, they would shut the waiting gate of every pod
-    # after `engine_buffer` of them.
-    unwatched: set[str] = field(default_factory=set)
+    # The scheduler's ledger page for this pod (attached by the PodSet): our requests there. A view
+    # corrects the snapshot by what the page did since `mark`, its counters when the snapshot was
+    # taken: a scrape is up to an interval old, and a pod that just finished a request must not
+    # look full until the next one.
+    ledger: PodLedger = field(default_factory=PodLedger)
+    mark: LedgerMark = field(default_factory=LedgerMark)
     # Other router replicas' requests in flight here (shared through the store, router/sync.py): the
     # pod holds at least ours and theirs, whatever its last scrape said.
     others: int = 0
@@ -83,34 +77,14 @@ class PodEntry:
     def priority_mode(self) -> bool:
         return self.scheduling == "priority"
 
-    # --- our own requests between scrapes (the dispatcher's bookkeeping) -------------------------
-    def dispatched(self, request_id: str, watched: bool = True) -> None:
-        """We sent it here: it adds to the total and waits at the engine until its first token
-        (`watched`: a stream) or the next snapshot (otherwise)."""
-        self.inflight.add(request_id)
-        self.unstarted.add(request_id)
-        self.delta += 1
-        if not watched:
-            self.unwatched.add(request_id)
-
-    def started(self, request_id: str) -> None:
-        """Its first token arrived: no longer waiting (the total is unchanged)."""
-        self.unstarted.discard(request_id)
-
-    def finished(self, request_id: str) -> None:
-        """It left the pod (done, failed or aborted): the total shrinks."""
-        self.inflight.discard(request_id)
-        self.unstarted.discard(request_id)
-        self.unwatched.discard(request_id)
-        self.delta -= 1
+    @property
+    def inflight(self) -> list[SchedRequest]:
+        """Our requests on this pod (the ledger's page)."""
+        return self.ledger.requests
 
     def took_snapshot(self) -> None:
-        """A fresh snapshot replaces our since-then adjustments; unwatched requests are in the
-        engine's own counts now."""
-        self.unstarted -= self.unwatched
-        self.unwatched.clear()
-        self.delta = 0
-        self.unstarted_at_snapshot = len(self.unstarted)
+        """A fresh snapshot counts everything the ledger did until now."""
+        self.mark = self.ledger.mark()
 
     def answering(self, within_s: float) -> bool:
         """We read its metrics within the last `within_s` seconds. Only pods this router scrapes
@@ -131,15 +105,18 @@ class PodEntry:
         return self._sized[1]
 
     def view(self, now_unix: float, max_age: float) -> PodView:
-        """The snapshot corrected by what we did since: the total by our dispatches and finishes,
-        the waiting part by which of ours have started streaming (a request dispatched after the
-        scrape and already decoding must not hold the pod's admission until the next scrape)."""
-        snap = self.snapshot
+        """The snapshot corrected by what we did since (the ledger's page against its mark): the
+        total by our dispatches and departures, the waiting part by which of ours have started
+        streaming (a request dispatched after the scrape and already decoding must not hold the
+        pod's admission until the next scrape). Ours whose tokens cannot be watched (non-streaming)
+        wait until a snapshot counts them: left waiting, they would shut the waiting gate of every
+        pod after `engine_buffer` of them."""
+        snap, page, mark = self.snapshot, self.ledger, self.mark
         stale = snap is None or not self.listed or snap.is_stale(now_unix, max_age)
-        total = max(0, (snap.num_running + snap.num_waiting if snap else 0) + self.delta,
-                    len(self.inflight) + self.others)
-        others_waiting = max(0, (snap.num_waiting if snap else 0) - self.unstarted_at_snapshot)
-        waiting = min(total, others_waiting + len(self.unstarted))
+        total = max(0, (snap.num_running + snap.num_waiting if snap else 0) + page.net_since(mark),
+                    len(page.requests) + self.others)
+        others_waiting = max(0, (snap.num_waiting if snap else 0) - mark.unstarted)
+        waiting = min(total, others_waiting + page.unstarted + page.unwatched_since(mark))
         running = total - waiting
         return PodView(
             name=self.name,
@@ -150,6 +127,7 @@ class PodEntry:
             num_waiting=waiting,
             healthy=self.reachable and not self.ejected and (snap.ready if snap else False),
             stale=stale,
+            ledger=page,
         )
 
 
@@ -166,8 +144,10 @@ class PodSet:
     reported free KV may take a queued request now).
     """
 
-    def __init__(self, settings: RouterSettings, metrics: RouterMetrics, store: PodSnapshotStore | None = None) -> None:
+    def __init__(self, settings: RouterSettings, metrics: RouterMetrics, ledger: Ledger,
+                 store: PodSnapshotStore | None = None) -> None:
         self.settings = settings
+        self.ledger = ledger  # the scheduler's: each entry reads its page
         self.metrics = metrics
         self.store = store
         self.pods: dict[str, PodEntry] = {}
@@ -185,6 +165,8 @@ class PodSet:
             self._add(self._entry_for(backend))
 
     def _add(self, entry: PodEntry) -> PodEntry:
+        entry.ledger = self.ledger.pod(entry.name)
+        entry.mark = entry.ledger.mark()
         self.pods[entry.name] = entry
         self.metrics.pod_added(entry.name)
         return entry

@@ -106,9 +106,9 @@ class RouterServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
         dispatcher = self.router.dispatcher
-        while (dispatcher.running or dispatcher.waiting) and loop.time() < deadline:
+        while dispatcher.requests and loop.time() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
-        left = len(dispatcher.running) + len(dispatcher.waiting)
+        left = len(dispatcher.requests)
         if left:
             log.warning("shutting down with %d requests unfinished after %.0fs", left, grace_s)
 

@@ -18,27 +18,13 @@ that quantile. Engine preemption recomputes whole prompts; not causing it is che
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
+from sagesched.scheduling.ledger import PodLoad
 from sagesched.scheduling.plugins import Plugin, Registry
 from sagesched.scheduling.types import PodView
-
-
-@dataclass
-class PodLoad:
-    """A pod's in-flight requests (ours), summed: expected remaining KV growth (tokens), its
-    variance, and prompts not yet in the cache."""
-
-    growth_mean: float = 0.0
-    growth_var: float = 0.0
-    pending_prompt: float = 0.0
-
-    def add(self, other: "PodLoad", sign: float = 1.0) -> None:
-        self.growth_mean += sign * other.growth_mean
-        self.growth_var += sign * other.growth_var
-        self.pending_prompt += sign * other.pending_prompt
 
 
 PREFILL_KNEES = 4.0
@@ -47,11 +33,11 @@ _NO_LOAD = PodLoad()  # read-only stand-in for a pod we have sent nothing yet
 
 
 class Gate(Plugin):
-    """Keeps, in one pass, the pods that may take one more request: `loads` are our in-flight
-    requests' sums per pod, `new` the request's own."""
+    """Keeps, in one pass, the pods that may take one more request: a pod's load is our in-flight
+    requests' sum there (its ledger page), `new` the request's own."""
 
-    def admit(self, pods: Sequence[PodView], loads: Mapping[str, PodLoad], new: PodLoad) -> list[PodView]:
-        return [p for p in pods if self.fits(p, loads.get(p.name, _NO_LOAD), new)]
+    def admit(self, pods: Sequence[PodView], new: PodLoad) -> list[PodView]:
+        return [p for p in pods if self.fits(p, p.ledger.load, new)]
 
     def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
         raise NotImplementedError
@@ -69,12 +55,12 @@ class CountGate(Gate):
     def __init__(self, engine_buffer: int = 4) -> None:
         self.engine_buffer = engine_buffer
 
-    def admit(self, pods: Sequence[PodView], loads: Mapping[str, PodLoad], new: PodLoad) -> list[PodView]:
+    def admit(self, pods: Sequence[PodView], new: PodLoad) -> list[PodView]:
         buffer = self.engine_buffer  # the loads are not looked up: this runs for every pod
         return [p for p in pods if p.waiting < buffer and p.outstanding < p.profile.max_num_seqs + buffer]
 
     def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
-        return bool(self.admit([pod], {}, new))
+        return bool(self.admit([pod], new))
 
 
 @GATES.register

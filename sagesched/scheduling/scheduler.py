@@ -4,7 +4,8 @@ Stages: `submit` ranks a request and queues it; `dispatch` releases queued reque
 can take them (policy order, admission gates, policy pod choice) and, for a preemptive policy, decides
 which running request a blocked head displaces; `on_progress` refreshes a running request's rank at
 bucket boundaries and keeps the in-flight accounting that admission and the pod picker read;
-`on_finish` forgets it. The caller carries out preemptions (`take_preemptions`): it ends the request
+`on_finish` forgets it. The in-flight accounting is one `Ledger` (ledger.py), which pod views read
+through their page; the scheduler writes the ledger, never the views it is given. The caller carries out preemptions (`take_preemptions`): it ends the request
 on its pod and the scheduler has already queued it again, to resume from the tokens it generated.
 The clock is whatever `now` the caller passes, so the same code runs on wall time and on a
 simulator's virtual clock.
@@ -12,13 +13,13 @@ simulator's virtual clock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from time import perf_counter
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
-from sagesched.scheduling.admission import Admission, PodLoad
+from sagesched.scheduling.admission import Admission
 from sagesched.scheduling.cost import CostModel, CostPolynomial, memory_weight_for
 from sagesched.scheduling.fairness import Fairness, FairQueue
+from sagesched.scheduling.ledger import InFlight, Ledger, PodLoad
 from sagesched.scheduling.outstanding import ladder_span, remaining
 from sagesched.scheduling.picker import Eligible, Pick, PickContext, eligible_for
 from sagesched.scheduling.plugins import PluginClock
@@ -28,28 +29,12 @@ from sagesched.scheduling.priority import engine_priority
 from sagesched.scheduling.queue import AgingQueue
 from sagesched.scheduling.types import PodView, SchedRequest
 
-_NO_LOAD = PodLoad()  # read-only stand-in for a pod we have sent nothing yet (lookups create nothing)
 # per typical time on a pod: a waiting rank shrinks by e^(-rate * wait / T), T the running mean of how long
 # requests stay on their pod once dispatched (queue.py; bench/results/standard, aging sweep)
 DEFAULT_AGING_RATE = 0.3
 INITIAL_POD_TIME_S = 10.0  # T until requests have finished
 POD_TIME_WEIGHT = 0.02  # weight of each finished request in T's running mean
 REKEY_DRIFT = 0.25  # re-key the queues when T has moved this much since they were keyed
-
-
-@dataclass
-class _InFlight:
-    req: SchedRequest
-    pod: str
-    poly: CostPolynomial  # frozen at dispatch: refreshed ranks use the cost it was dispatched on
-    contribution: PodLoad
-    span: tuple[int, int]  # attained counts sharing the ladder step `contribution` was computed at
-    start: int  # tokens generated before this dispatch (a resumed request's earlier run)
-    quiet: int = 0  # from `req.generated` up to below this, a progress report changes nothing else
-    charged: int = field(init=False)  # tokens of output its tenant has been charged for (fairness)
-
-    def __post_init__(self) -> None:
-        self.charged = self.start
 
 
 class Scheduler:
@@ -82,12 +67,7 @@ class Scheduler:
         self._memory_weight = 0.5
         self.fairness = fairness  # None: one queue per model in policy order, tenants ignored
         self._queues: dict[str, AgingQueue | FairQueue] = {}
-        self._inflight: dict[str, _InFlight] = {}
-        # per pod, our in-flight requests (the list each PodView's `inflight` is set to: no copies)
-        # and how many of them are streams that have not sent a token yet
-        self._by_pod: dict[str, list[SchedRequest]] = {}
-        self._unstarted: dict[str, int] = {}
-        self._load: dict[str, PodLoad] = {}
+        self.ledger = Ledger()
         self._preempted: list[tuple[SchedRequest, str]] = []
         self._candidates = Candidates()
         self._tick = 0
@@ -108,13 +88,27 @@ class Scheduler:
         until it runs again; aging is added by the queue."""
         if self.policy.central_queue:
             self._rerank(req, self._poly(req))
-        queue = self._queues.get(req.model)
-        if queue is None:
-            queue = self._queues[req.model] = self._new_queue(self.aging_per_second if self.policy.central_queue else 0.0)
-        queue.push(req)
+        self._queue(req.model).push(req)
 
-    def _new_queue(self, aging_rate: float) -> AgingQueue | FairQueue:
-        return AgingQueue(aging_rate) if self.fairness is None else self.fairness.queue(aging_rate)
+    def _queue(self, model: str) -> AgingQueue | FairQueue:
+        queue = self._queues.get(model)
+        if queue is None:
+            rate = self.aging_per_second if self.policy.central_queue else 0.0
+            queue = self._queues[model] = AgingQueue(rate) if self.fairness is None else self.fairness.queue(rate)
+        return queue
+
+    def adopt(self, ledger: Ledger) -> None:
+        """Take over the ledger of the scheduler this one replaces (a configuration swap): its running
+        requests stay in the accounting, with the cost they were dispatched on, and become this
+        one's to refresh, preempt and finish."""
+        self.ledger = ledger
+        for entry in ledger.entries.values():
+            self._queue(entry.req.model)
+            if self.policy.central_queue:
+                self._rerank(entry.req, entry.poly)  # ranks in this policy's terms, for preemption
+            entry.quiet = self._quiet_below(entry)
+            if entry.req.generated > 0:
+                self._offer(entry.req)
 
     def _poly(self, req: SchedRequest) -> CostPolynomial:
         return self._cost.polynomial(self.cost_kind, req.prompt_tokens, self._memory_weight)
@@ -123,16 +117,18 @@ class Scheduler:
         req.rank = self.policy.rank(req, poly, req.generated)
         req.rank_bucket = self.policy.bucket(req, req.generated, self.preemption.bucket_tokens)
 
+    def view(self, name: str, models: tuple[str, ...], profile: StepTimeProfile, **reported) -> PodView:
+        """A view of pod `name` that reads this scheduler's ledger, as `dispatch` requires; `reported`
+        are the pod's reported fields (kv_usage, num_running, num_waiting, healthy, stale)."""
+        return PodView(name, models, profile, ledger=self.ledger.pod(name), **reported)
+
     # --- release --------------------------------------------------------------------------------
     def dispatch(self, pods: Sequence[PodView], now: float) -> list[tuple[SchedRequest, PodView]]:
         """Release every queued request that may go now, in policy order, each to its chosen pod.
         A central-queue policy stops a model's queue at the first request no pod can take (strict
         order: backfilling past it would starve big requests); a preemptive one may instead displace
         a running request for it and send it to that pod (see `take_preemptions`)."""
-        by_pod, unstarted = self._by_pod, self._unstarted
-        for pod in pods:
-            pod.inflight = by_pod.setdefault(pod.name, [])
-            pod.unstarted = unstarted.get(pod.name, 0)
+        self._check_views(pods)
         self._update_scarcity(pods)
         released: list[tuple[SchedRequest, PodView]] = []
         for queue in self._queues.values():
@@ -148,6 +144,15 @@ class Scheduler:
                 self._assign(req, queue, now, *placed)
                 released.append((req, placed[0]))
         return released
+
+    def _check_views(self, pods: Sequence[PodView]) -> None:
+        """A view must read this scheduler's ledger: one that reads another's would miscount its pod
+        silently."""
+        page_of = self.ledger.pod
+        for pod in pods:
+            if pod.ledger is not page_of(pod.name):
+                raise ValueError(f"the view of pod {pod.name!r} does not read this scheduler's ledger: "
+                                 f"build it with ledger=scheduler.ledger.pod(name)")
 
     def _update_scarcity(self, pods: Sequence[PodView]) -> None:
         live = [p for p in pods if p.eligible]
@@ -182,15 +187,14 @@ class Scheduler:
             if not pods:
                 break
             t0 = perf_counter()
-            pods = gate.admit(pods, self._load, new)
+            pods = gate.admit(pods, new)
             clock.add("gate", gate.name, perf_counter() - t0)
         return pods
 
     def _free_kv(self, pod: PodView) -> float:
         """Free KV share as reported, less the prompts we sent that the engine has not taken in yet
         (reports lag dispatches)."""
-        pending = self._load.get(pod.name, _NO_LOAD).pending_prompt
-        return 1.0 - pod.kv_usage - pending / pod.profile.kv_capacity_tokens
+        return 1.0 - pod.kv_usage - pod.ledger.load.pending_prompt / pod.profile.kv_capacity_tokens
 
     def _assign(
         self, req: SchedRequest, queue: AgingQueue, now: float, pod: PodView, poly: CostPolynomial,
@@ -200,20 +204,14 @@ class Scheduler:
         req.engine_priority = (
             engine_priority(queue.order_key(req), self.engine) if self.policy.central_queue else 0
         )
-        entry = _InFlight(req, pod.name, poly, contribution, ladder_span(req.generated), req.generated)
-        self._inflight[req.request_id] = entry
-        self._by_pod.setdefault(pod.name, []).append(req)  # pod.inflight is this list
-        self._load_of(pod.name).add(entry.contribution)
+        entry = InFlight(req, pod.name, poly, contribution, ladder_span(req.generated), req.generated)
+        self.ledger.add(entry)
         self._charge(entry, poly.c0)
         self.pick.dispatched(req, pod)
-        if req.generated <= 0 and req.watched:
-            self._unstarted[pod.name] = self._unstarted.get(pod.name, 0) + 1
-            pod.unstarted += 1
-        pod.num_waiting += 1  # our own accounting until the next metrics report arrives
         if req.generated > 0:  # a resumed request may be displaced again at once
             self._offer(req)
 
-    def _charge(self, entry: _InFlight, prefill: float = 0.0) -> None:
+    def _charge(self, entry: InFlight, prefill: float = 0.0) -> None:
         """Tenant fairness counts service received: the prefill at dispatch, the output streamed
         since the last charge (in the cost it was dispatched on) whenever progress is looked at."""
         if self.fairness is None:
@@ -246,7 +244,7 @@ class Scheduler:
         if victim is None:
             return None, None
         victim.decided_bucket = policy.bucket(victim, victim.generated, settings.bucket_tokens)
-        self._rerank(victim, self._inflight[victim.request_id].poly)
+        self._rerank(victim, self.ledger.entries[victim.request_id].poly)
         pod = by_name[victim.pod]
         stalled = settings.recompute_weight * max(pod.num_running, len(pod.inflight))
         head_needs = self._contribution(head)  # the head's KV on this pod: also its load once placed
@@ -273,7 +271,7 @@ class Scheduler:
         tokens = victim.prompt_tokens + victim.generated
         if not self.preemption.prefix_cache:
             return tokens
-        load = self._load.get(pod.name, _NO_LOAD)
+        load = pod.ledger.load
         capacity = pod.profile.kv_capacity_tokens
         room = (self._free_kv(pod) * capacity - pod.kv_usage * capacity - head_needs.pending_prompt
                 - head_needs.growth_mean - load.growth_mean)
@@ -286,12 +284,6 @@ class Scheduler:
         return out
 
     # --- in-flight accounting -----------------------------------------------------------------
-    def _load_of(self, pod_name: str) -> PodLoad:
-        load = self._load.get(pod_name)
-        if load is None:
-            load = self._load[pod_name] = PodLoad()
-        return load
-
     def _contribution(self, req: SchedRequest, prefilled: bool = False) -> PodLoad:
         """Expected remaining KV growth; until its first token of this run, the prompt (with what
         an earlier run generated: a resume recomputes it) waits for prefill."""
@@ -311,7 +303,7 @@ class Scheduler:
     def on_progress_many(self, reports: Iterable[tuple[str, int]]) -> None:
         """`on_progress` for each (request id, tokens so far) in order: a whole engine report in one
         call. Most reports only move `generated` (below `quiet`); the others go on to `_progress`."""
-        inflight = self._inflight
+        inflight = self.ledger.entries
         for request_id, generated in reports:
             entry = inflight.get(request_id)
             if entry is None:
@@ -321,11 +313,11 @@ class Scheduler:
             else:
                 self._progress(entry, generated)
 
-    def _progress(self, entry: _InFlight, generated: int) -> None:
+    def _progress(self, entry: InFlight, generated: int) -> None:
         req = entry.req
         first_token = req.generated <= entry.start < generated
-        if req.generated <= 0 < generated and req.watched:
-            self._unstarted[entry.pod] -= 1
+        if entry.unstarted and generated > 0:
+            self.ledger.started(entry)
         req.generated = generated
         self._charge(entry)
         lo, hi = entry.span
@@ -338,7 +330,7 @@ class Scheduler:
             self._offer(req)
         entry.quiet = self._quiet_below(entry)
 
-    def _quiet_below(self, entry: _InFlight) -> int:
+    def _quiet_below(self, entry: InFlight) -> int:
         """The count at which a report next has work: the end of the ladder step and of the refresh
         bucket `generated` is in; none before the run's first token."""
         req = entry.req
@@ -348,26 +340,16 @@ class Scheduler:
             return entry.span[1]
         return min(entry.span[1], self.policy.bucket_end(req, req.generated, self.preemption.bucket_tokens))
 
-    def _refresh(self, entry: _InFlight) -> None:
-        load = self._load_of(entry.pod)
-        load.add(entry.contribution, -1.0)
-        entry.contribution = self._contribution(entry.req, entry.req.generated > entry.start)
+    def _refresh(self, entry: InFlight) -> None:
+        self.ledger.recontribute(entry, self._contribution(entry.req, entry.req.generated > entry.start))
         entry.span = ladder_span(entry.req.generated)
-        load.add(entry.contribution)
 
-    def _forget(self, request_id: str) -> _InFlight | None:
-        entry = self._inflight.pop(request_id, None)
+    def _forget(self, request_id: str) -> InFlight | None:
+        entry = self.ledger.remove(request_id)
         if entry is None:
             return None
         self._charge(entry)
         self._candidates.withdraw(request_id)
-        self._load_of(entry.pod).add(entry.contribution, -1.0)
-        mine = self._by_pod[entry.pod]
-        mine.remove(entry.req)
-        if entry.req.generated <= 0 and entry.req.watched:
-            self._unstarted[entry.pod] -= 1
-        if not mine:
-            self._load[entry.pod] = PodLoad()  # resync: no float drift survives an idle pod
         return entry
 
     def on_finish(self, request_id: str, now: float) -> SchedRequest | None:
@@ -397,7 +379,7 @@ class Scheduler:
         for queue in self._queues.values():
             if queue.aging_rate > 0:
                 queue.rekey(rate)
-        for entry in self._inflight.values():
+        for entry in self.ledger.entries.values():
             if entry.req.generated > 0:
                 self._offer(entry.req)
 
@@ -420,6 +402,4 @@ class Scheduler:
         return max(0.0, now - min(arrivals)) if arrivals else 0.0
 
     def inflight(self, pod_name: str | None = None) -> list[SchedRequest]:
-        if pod_name is None:
-            return [e.req for e in self._inflight.values()]
-        return list(self._by_pod.get(pod_name, []))
+        return self.ledger.requests(pod_name)

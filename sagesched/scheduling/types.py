@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sagesched.distribution import LengthDistribution
 from sagesched.engine.profile import StepTimeProfile
+from sagesched.scheduling.ledger import PodLedger
 
 
 @dataclass(eq=False)
@@ -59,8 +60,10 @@ class PodView:
     """What the scheduler may know about a pod at one instant.
 
     `kv_usage`, `num_running`, `num_waiting` are engine-reported (possibly scraped a while ago:
-    `stale` says the snapshot is too old to trust, and such a pod takes nothing new). `inflight`
-    is filled by the Scheduler from its own accounting of requests it sent there; callers leave it.
+    `stale` says the snapshot is too old to trust, and such a pod takes nothing new), corrected by the
+    caller for what it knows happened since. `ledger` is the scheduler's page for this pod
+    (`scheduler.ledger.pod(name)`), attached by whoever builds the view: our requests there, read
+    here, never copied; the scheduler writes the page, not the view.
     """
 
     name: str
@@ -71,8 +74,14 @@ class PodView:
     num_waiting: int = 0
     healthy: bool = True
     stale: bool = False
-    inflight: list[SchedRequest] = field(default_factory=list)
-    unstarted: int = 0  # of `inflight`, the streams that have not sent a token yet (the Scheduler's count)
+    ledger: PodLedger = field(default_factory=PodLedger)
+    # the ledger's `sent` when the reported counts were read (None: now); a caller that rewrites a
+    # view's counts in place moves it on too
+    sent_mark: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sent_mark is None:
+            self.sent_mark = self.ledger.sent
 
     @property
     def eligible(self) -> bool:
@@ -82,13 +91,29 @@ class PodView:
         return not self.models or model in self.models
 
     @property
+    def inflight(self) -> list[SchedRequest]:
+        """Our requests on this pod."""
+        return self.ledger.requests
+
+    @property
+    def unstarted(self) -> int:
+        """Of `inflight`, the streams that have not sent a token yet."""
+        return self.ledger.unstarted
+
+    @property
+    def waiting_at_engine(self) -> int:
+        """The engine's waiting queue as we expect it: the reported count plus what we sent since
+        it was read (the next report will count those)."""
+        return self.num_waiting + self.ledger.sent - self.sent_mark
+
+    @property
     def outstanding(self) -> int:
         """Requests at the engine as far as we can tell: the larger of its report and our count
         (reports lag dispatches; our count misses other routers' requests)."""
-        return max(self.num_running + self.num_waiting, len(self.inflight))
+        return max(self.num_running + self.waiting_at_engine, len(self.inflight))
 
     @property
     def waiting(self) -> int:
         """Requests the engine has not started decoding: its report, or ours that have streamed
         nothing yet (prefilling or queued there), whichever is larger — reports lag dispatches."""
-        return max(self.num_waiting, self.unstarted)
+        return max(self.waiting_at_engine, self.unstarted)

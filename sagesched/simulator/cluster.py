@@ -126,7 +126,7 @@ class ClusterSim:
         )
         central = self.scheduler.policy.central_queue
         self.engines = [Engine(profile, ENGINE_SCHEDULING, seed=config.seed + k) for k in range(config.pods)]
-        self.views = [PodView(f"pod-{k}", (MODEL,), profile) for k in range(config.pods)]
+        self.views = [self.scheduler.view(f"pod-{k}", (MODEL,), profile) for k in range(config.pods)]
         self.index = {v.name: k for k, v in enumerate(self.views)}
         self.estimator = estimator
         self.learn_online = not spec.true_distribution
@@ -202,11 +202,11 @@ class ClusterSim:
     # --- dispatch -----------------------------------------------------------------------------------
     def _refresh_views(self) -> None:
         """Rewrite the views of pods whose engine changed (an engine only changes in `_absorb`ed
-        advances and in `add_request`, both of which mark it). The scheduler's own bump of
-        `num_waiting` at a dispatch is undone here because that pod was marked by its add_request."""
+        advances and in `add_request`, both of which mark it)."""
         for k in self._stale_views:
             view, engine = self.views[k], self.engines[k]
             view.kv_usage, view.num_running, view.num_waiting = engine.kv_usage, engine.num_running, engine.num_waiting
+            view.sent_mark = view.ledger.sent
         self._stale_views.clear()
 
     def _catch_up(self, k: int, now: float) -> Engine:

@@ -24,13 +24,15 @@ async def test_a_live_swap_loses_no_running_or_queued_request(slow_pods, make_ro
         await long.tokens.wait()
         tasks += [asyncio.create_task(stream(session, url, body(SHORT))) for _ in range(SHORTS)]
         await eventually(lambda: len(router.dispatcher.waiting) >= 2, what="requests queued at the router")
+        running = router.scheduler.inflight()
         router.apply(SchedulerConfig(name="fcfs"), generation=2)
+        assert running and router.scheduler.inflight() == running  # the new scheduler adopted the ledger
         done = await asyncio.gather(*tasks)
     assert [s.usage["completion_tokens"] for s in done] == [LONG] + [SHORT] * SHORTS
     assert all(s.status == 200 and len(s.ids) == 1 for s in done)
     assert await metric(url, "sagesched_policy_info", policy="fcfs", generation="2") == 1
     assert await metric(url, "sagesched_policy_info", policy="sagesched") == 0
-    assert not router.dispatcher.running and not router.dispatcher.waiting and not router.dispatcher._retired
+    assert not router.dispatcher.requests and not router.scheduler.ledger.entries
     assert router.scheduler.queue_depth() == 0 and not router.scheduler.inflight()
 
 

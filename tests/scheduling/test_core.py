@@ -75,14 +75,14 @@ def _req(rid: str, length: int, arrival: float) -> SchedRequest:
     return SchedRequest(rid, "m", 500, arrival, D.point(length), true_output_tokens=length)
 
 
-def _pod() -> PodView:
-    return PodView("p0", ("m",), PROFILE.with_overrides(max_num_seqs=1))
+def _pod(sched: Scheduler) -> PodView:
+    return sched.view("p0", ("m",), PROFILE.with_overrides(max_num_seqs=1))
 
 
 def _drain(sched: Scheduler, now: float) -> list[str]:
     order = []
     while sched.queue_depth():
-        (req, _), = sched.dispatch([_pod()], now)
+        (req, _), = sched.dispatch([_pod(sched)], now)
         order.append(req.request_id)
         sched.on_finish(req.request_id, now)
     return order
@@ -125,7 +125,7 @@ def test_aging_counts_waits_in_units_of_the_typical_time_on_a_pod() -> None:
     now = 0.0
     for i in range(300):  # every request stays 2 s on its pod
         sched.submit(_req(f"r{i}", 10, now), now)
-        (req, _), = sched.dispatch([_pod()], now)
+        (req, _), = sched.dispatch([_pod(sched)], now)
         sched.on_finish(req.request_id, now + 2.0)
         now += 2.0
     # T has converged on 2 s; the queues follow it within the re-key tolerance
@@ -153,7 +153,7 @@ def test_fcfs_keeps_arrival_order() -> None:
 
 def test_memory_admission_holds_back_what_would_overflow_the_cache() -> None:
     sched = Scheduler("oracle", Admission(memory_aware=True, prefill_tokens=0))  # the optional gate
-    pod = PodView("p0", ("m",), PROFILE.with_overrides(num_gpu_blocks=1000))  # 16k tokens
+    pod = sched.view("p0", ("m",), PROFILE.with_overrides(num_gpu_blocks=1000))  # 16k tokens
     sched.submit(_req("a", 6000, 0.0), 0.0)
     sched.submit(_req("b", 6000, 0.0), 0.0)
     sched.submit(_req("c", 6000, 0.0), 0.0)
@@ -165,16 +165,16 @@ def test_memory_admission_holds_back_what_would_overflow_the_cache() -> None:
 def test_stale_and_unhealthy_pods_get_nothing() -> None:
     sched = Scheduler("least-requests")
     sched.submit(_req("a", 10, 0.0), 0.0)
-    pods = [PodView("s", ("m",), PROFILE, stale=True), PodView("u", ("m",), PROFILE, healthy=False)]
+    pods = [sched.view("s", ("m",), PROFILE, stale=True), sched.view("u", ("m",), PROFILE, healthy=False)]
     assert sched.dispatch(pods, 0.0) == []
-    assert [p.name for _, p in sched.dispatch(pods + [PodView("ok", ("m",), PROFILE)], 0.0)] == ["ok"]
+    assert [p.name for _, p in sched.dispatch(pods + [sched.view("ok", ("m",), PROFILE)], 0.0)] == ["ok"]
 
 
 def test_cancel_removes_a_queued_request() -> None:
     sched = Scheduler("sagesched")
     sched.submit(_req("a", 10, 0.0), 0.0)
     assert sched.cancel("a") is not None
-    assert sched.dispatch([PodView("ok", ("m",), PROFILE)], 0.0) == []
+    assert sched.dispatch([sched.view("ok", ("m",), PROFILE)], 0.0) == []
 
 
 def test_engine_priority_direction_follows_the_engine() -> None:
@@ -194,8 +194,8 @@ def test_history_estimator_learns_the_bucket_shape() -> None:
 
 def test_the_default_picker_prefers_free_kv_counting_prompts_not_yet_taken_in() -> None:
     sched = Scheduler("sjf-mean", Admission(prefill_tokens=0, engine_buffer=4))
-    busy = PodView("busy", ("m",), PROFILE, kv_usage=0.5)
-    idle = PodView("idle", ("m",), PROFILE, kv_usage=0.2)
+    busy = sched.view("busy", ("m",), PROFILE, kv_usage=0.5)
+    idle = sched.view("idle", ("m",), PROFILE, kv_usage=0.2)
     capacity = PROFILE.kv_capacity_tokens
     big = SchedRequest("big", "m", int(0.4 * capacity), 0.0, D.point(10), true_output_tokens=10)
     sched.submit(big, 0.0)
@@ -208,14 +208,14 @@ def test_the_default_picker_prefers_free_kv_counting_prompts_not_yet_taken_in() 
 
 def test_a_resumed_request_goes_home_when_it_fits_there_and_elsewhere_when_not() -> None:
     sched = Scheduler("sjf-mean", Admission(prefill_tokens=0))
-    home = PodView("home", ("m",), PROFILE, kv_usage=0.6)
-    other = PodView("other", ("m",), PROFILE, kv_usage=0.0)
+    home = sched.view("home", ("m",), PROFILE, kv_usage=0.6)
+    other = sched.view("other", ("m",), PROFILE, kv_usage=0.0)
     resumed = _req("r", 100, 0.0)
     resumed.resume_pod, resumed.generated = "home", 50  # its 550 tokens are cached on home
     sched.submit(resumed, 0.0)
     assert [p.name for _, p in sched.dispatch([home, other], 0.0)] == ["home"]
     sched.on_finish("r", 0.0)
-    full = PodView("home", ("m",), PROFILE, kv_usage=1.0 - 100 / PROFILE.kv_capacity_tokens)
+    full = sched.view("home", ("m",), PROFILE, kv_usage=1.0 - 100 / PROFILE.kv_capacity_tokens)
     sched.submit(resumed, 0.0)  # 550 tokens do not fit in the 100 home has left
     assert [p.name for _, p in sched.dispatch([full, other], 0.0)] == ["other"]
 

@@ -5,7 +5,7 @@ import pytest
 
 from sagesched.distribution import LengthDistribution as D
 from sagesched.engine.profile import load_profile
-from sagesched.scheduling import PodView, SchedRequest, Scheduler
+from sagesched.scheduling import SchedRequest, Scheduler
 from sagesched.scheduling.admission import Admission
 from sagesched.scheduling.config import SchedulerConfig
 from sagesched.scheduling.cost import CostModel
@@ -37,7 +37,7 @@ def _serve(sched: Scheduler, count: int) -> list[SchedRequest]:
     """Dispatch `count` requests one at a time to a one-sequence pod, each streamed to its end."""
     served = []
     for _ in range(count):
-        (req, _), = sched.dispatch([PodView("p0", ("m",), PROFILE.with_overrides(max_num_seqs=1))], 0.0)
+        (req, _), = sched.dispatch([sched.view("p0", ("m",), PROFILE.with_overrides(max_num_seqs=1))], 0.0)
         sched.on_progress(req.request_id, req.true_output_tokens)
         sched.on_finish(req.request_id, 0.0)
         served.append(req)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 
 from sagesched.distribution import LengthDistribution as D
 from sagesched.engine.profile import load_profile
-from sagesched.scheduling import PodView, SchedRequest
+from sagesched.scheduling import PodView, SchedRequest, Scheduler
 from sagesched.scheduling.config import SchedulerConfig, crd_schema
 from sagesched.scheduling.picker import SCORERS
 
@@ -49,10 +50,15 @@ def _pods(n: int) -> list[PodView]:
     return [PodView(f"pod-{k}", ("m",), PROFILE) for k in range(n)]
 
 
+def _on(sched: Scheduler, pods: list[PodView]) -> list[PodView]:
+    """The same pods as seen by `sched` (views read their scheduler's ledger)."""
+    return [replace(p, ledger=sched.ledger.pod(p.name)) for p in pods]
+
+
 def _first_choice(config: SchedulerConfig, pods: list[PodView]) -> str:
     sched = config.build()
     sched.submit(SchedRequest("r", "m", 100, 0.0, D.point(50)), 0.0)
-    ((_, pod),) = sched.dispatch(pods, 0.0)
+    ((_, pod),) = sched.dispatch(_on(sched, pods), 0.0)
     return pod.name
 
 
@@ -87,11 +93,11 @@ def test_llmds_weights_as_a_configured_pick_choose_as_llmd_does() -> None:
 def test_every_plugin_pass_is_timed_by_kind_and_name() -> None:
     sched = SchedulerConfig(name="llmd").build()
     sched.submit(SchedRequest("r", "m", 100, 0.0, D.point(50)), 0.0)
-    sched.dispatch(_pods(2), 0.0)
+    sched.dispatch(_on(sched, _pods(2)), 0.0)
     assert set(sched.plugin_times.totals) == {("filter", "eligible"), ("scorer", "queue"), ("scorer", "kv"),
                                               ("scorer", "prefix"), ("picker", "max-score")}
     gated = SchedulerConfig(name="fcfs").build()
     gated.submit(SchedRequest("r", "m", 100, 0.0, D.point(50)), 0.0)
-    gated.dispatch(_pods(2), 0.0)
+    gated.dispatch(_on(gated, _pods(2)), 0.0)
     assert {("gate", "count"), ("gate", "prefill"), ("scorer", "free-kv")} <= set(gated.plugin_times.totals)
     assert all(passes == 1 and seconds >= 0 for passes, seconds in gated.plugin_times.totals.values())

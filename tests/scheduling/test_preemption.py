@@ -37,9 +37,9 @@ def test_a_request_that_outlives_its_short_mode_loses_priority() -> None:
     assert after > gittins_rank(D.point(500), TOKENS, 20_000)
 
 
-def _full_pod() -> PodView:
+def _full_pod(sched: Scheduler) -> PodView:
     """A pod whose engine queue is full: nothing more may be sent to it without displacing."""
-    return PodView("p0", ("m",), PROFILE.with_overrides(max_num_seqs=1), num_running=1, num_waiting=1)
+    return sched.view("p0", ("m",), PROFILE.with_overrides(max_num_seqs=1), num_running=1, num_waiting=1)
 
 
 def _scheduler(**preemption: float) -> Scheduler:
@@ -50,7 +50,7 @@ def _scheduler(**preemption: float) -> Scheduler:
 def _running(sched: Scheduler, rid: str, dist: D, pods: list[PodView]) -> SchedRequest:
     req = SchedRequest(rid, "m", 100, 0.0, dist)
     sched.submit(req, 0.0)
-    free = PodView("p0", ("m",), PROFILE)
+    free = sched.view("p0", ("m",), PROFILE)
     assert [r.request_id for r, _ in sched.dispatch([free], 0.0)] == [rid]
     return req
 
@@ -61,7 +61,7 @@ def test_a_waiting_request_displaces_a_running_one_whose_refreshed_index_is_wors
     sched.on_progress("bimodal", 12)  # past the short mode, in a new bucket: its index is refreshed
     short = SchedRequest("short", "m", 100, 1.0, D.point(50))
     sched.submit(short, 1.0)
-    released = sched.dispatch([_full_pod()], 1.0)
+    released = sched.dispatch([_full_pod(sched)], 1.0)
     assert [(r.request_id, p.name) for r, p in released] == [("short", "p0")]
     assert [(r.request_id, pod) for r, pod in sched.take_preemptions()] == [("bimodal", "p0")]
     # queued again with what it generated, to resume on the pod that caches its prefix
@@ -75,7 +75,7 @@ def test_no_preemption_while_the_running_request_is_still_in_its_likely_short_mo
     _running(sched, "bimodal", BIMODAL, [])
     sched.on_progress("bimodal", 3)  # 90% likely to finish within 7 more tokens: better than a sure 50
     sched.submit(SchedRequest("short", "m", 100, 1.0, D.point(50)), 1.0)
-    assert sched.dispatch([_full_pod()], 1.0) == []
+    assert sched.dispatch([_full_pod(sched)], 1.0) == []
     assert sched.take_preemptions() == []
 
 
@@ -84,28 +84,28 @@ def test_one_decision_per_bucket_and_the_cap_hold() -> None:
     victim = _running(sched, "bimodal", BIMODAL, [])
     sched.on_progress("bimodal", 3)
     sched.submit(SchedRequest("s1", "m", 100, 1.0, D.point(50)), 1.0)
-    assert sched.dispatch([_full_pod()], 1.0) == []  # not worth it: decided for bucket 0
+    assert sched.dispatch([_full_pod(sched)], 1.0) == []  # not worth it: decided for bucket 0
     sched.on_progress("bimodal", 4)  # same bucket [0, 5): not looked at again, whatever changed
-    assert sched.dispatch([_full_pod()], 1.1) == [] and victim.decided_bucket == 0
+    assert sched.dispatch([_full_pod(sched)], 1.1) == [] and victim.decided_bucket == 0
     sched.on_progress("bimodal", 12)  # next bucket: decided again, now displaced
-    assert [r.request_id for r, _ in sched.dispatch([_full_pod()], 1.2)] == ["s1"]
+    assert [r.request_id for r, _ in sched.dispatch([_full_pod(sched)], 1.2)] == ["s1"]
     assert [r.request_id for r, _ in sched.take_preemptions()] == ["bimodal"] and victim.preemptions == 1
     # it resumes, outlives everything again, but the cap of one preemption keeps it running
     sched.on_finish("s1", 1.3)
-    assert [r.request_id for r, _ in sched.dispatch([PodView("p0", ("m",), PROFILE)], 1.3)] == ["bimodal"]
+    assert [r.request_id for r, _ in sched.dispatch([sched.view("p0", ("m",), PROFILE)], 1.3)] == ["bimodal"]
     sched.on_progress("bimodal", 40)
     sched.submit(SchedRequest("s2", "m", 100, 2.0, D.point(50)), 2.0)
-    assert sched.dispatch([_full_pod()], 2.0) == [] and sched.take_preemptions() == []
+    assert sched.dispatch([_full_pod(sched)], 2.0) == [] and sched.take_preemptions() == []
 
 
 def test_a_more_urgent_client_priority_is_never_displaced() -> None:
     sched = _scheduler(min_gain=0.0)
     vip = SchedRequest("vip", "m", 100, 0.0, BIMODAL, priority=-1)
     sched.submit(vip, 0.0)
-    sched.dispatch([PodView("p0", ("m",), PROFILE)], 0.0)
+    sched.dispatch([sched.view("p0", ("m",), PROFILE)], 0.0)
     sched.on_progress("vip", 12)
     sched.submit(SchedRequest("short", "m", 100, 1.0, D.point(50)), 1.0)
-    assert sched.dispatch([_full_pod()], 1.0) == [] and sched.take_preemptions() == []
+    assert sched.dispatch([_full_pod(sched)], 1.0) == [] and sched.take_preemptions() == []
 
 
 def test_without_a_preemptive_policy_nothing_is_preempted() -> None:
@@ -114,7 +114,7 @@ def test_without_a_preemptive_policy_nothing_is_preempted() -> None:
     _running(sched, "bimodal", BIMODAL, [])
     sched.on_progress("bimodal", 12)
     sched.submit(SchedRequest("short", "m", 100, 1.0, D.point(50)), 1.0)
-    assert sched.dispatch([_full_pod()], 1.0) == [] and sched.take_preemptions() == []
+    assert sched.dispatch([_full_pod(sched)], 1.0) == [] and sched.take_preemptions() == []
 
 
 def test_fastserve_levels_follow_the_doubling_quanta_with_skip_join() -> None:

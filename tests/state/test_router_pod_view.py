@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 
+from sagesched.distribution import LengthDistribution
 from sagesched.router.metrics import RouterMetrics
 from sagesched.router.pods import PodSet
 from sagesched.router.server import RouterServer
 from sagesched.router.settings import RouterSettings
+from sagesched.scheduling import SchedRequest
+from sagesched.scheduling.ledger import Ledger
 from sagesched.state.pod_store import RedisPodStore
 from sagesched.state.snapshot import PodSnapshot
 from tests.conftest import eventually
@@ -23,7 +26,7 @@ def age_gauge(metrics: RouterMetrics, pod: str) -> float | None:
 
 
 async def started(store: RedisPodStore, **settings) -> PodSet:
-    pods = PodSet(RouterSettings(scrape_interval_s=0.05, **settings), RouterMetrics(), store)
+    pods = PodSet(RouterSettings(scrape_interval_s=0.05, **settings), RouterMetrics(), Ledger(), store)
     await pods.start()
     assert await pods.wait_ready(5)
     return pods
@@ -100,13 +103,15 @@ async def test_active_active_routers_count_each_others_requests_on_shared_pods(r
         for router in routers:
             await router.pods.start()
             await eventually(lambda: "pod-a" in router.pods.pods)
+        sched = routers[0].scheduler
         for i in range(3):
-            routers[0].pods.pods["pod-a"].dispatched(f"r{i}")
+            sched.submit(SchedRequest(f"r{i}", "m", 10, 0.0, LengthDistribution.point(5)), 0.0)
+        assert len(sched.dispatch(routers[0].pods.views(), 0.0)) == 3
         await routers[0].sync.once()
         await routers[1].sync.once()
         (view,) = routers[1].pods.views()
         assert view.outstanding == 3
-        routers[0].pods.pods["pod-a"].finished("r0")
+        sched.on_finish("r0", 0.0)
         await routers[0].sync.once()
         await routers[1].sync.once()
         assert routers[1].pods.views()[0].outstanding == 2

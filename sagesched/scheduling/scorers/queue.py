@@ -12,6 +12,6 @@ class Queue(Scorer):
     name = "queue"
 
     def score(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> list[float]:
-        q = [p.num_waiting for p in pods]
+        q = [p.waiting_at_engine for p in pods]
         lo, hi = min(q), max(q)
         return [1.0 if hi == lo else (hi - x) / (hi - lo) for x in q]

@@ -23,11 +23,20 @@ class EventStream(web.StreamResponse):
     """The client's SSE stream, in as few socket writes as its events allow: each write is a
     system call and a wake-up of the client, the largest per-request cost of relaying an answer.
     The stream's end (the last chunk of the chunked encoding) leaves with its last event. The
-    headers leave at once, as the pod's did: a client learns its request was accepted even while
-    it waits for a first token behind others (holding them for the first events saved one more
-    write but kept clients of queued requests waiting for any answer at all)."""
+    headers leave with the first events when those are already here (a short answer: one write in
+    all), and otherwise at the end of the event loop's turn (`prepare`), as the pod's did: a client
+    learns its request was accepted even while it waits for a first token behind others (holding
+    the headers until the first events kept clients of queued requests waiting for any answer)."""
 
+    _send_headers_immediately = False  # aiohttp >= 3.12: the writer holds them for the first write
     ended = False
+
+    async def prepare(self, request: web.BaseRequest):
+        writer = await super().prepare(request)
+        flush = getattr(writer, "send_headers", None)  # no-op once the first write carried them
+        if flush is not None:
+            asyncio.get_running_loop().call_soon(flush)
+        return writer
 
     async def send(self, req: LiveRequest, data: bytes) -> None:
         """Relay `data`; with `req` finished and `data` ending in its [DONE], end the stream too."""

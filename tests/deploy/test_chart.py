@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .conftest import CHART, NAMESPACE, ROOT, VALUE_SETS
+from tests.deploy.conftest import CHART, NAMESPACE, ROOT, VALUE_SETS
 
 KUBE_VERSION = kubernetes_validate.latest_version()  # the newest Kubernetes the validator knows
 SETS = sorted(VALUE_SETS)

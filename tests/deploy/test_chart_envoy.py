@@ -9,8 +9,7 @@ import yaml
 
 from sagesched.router.gateway.envoy_config import EnvoyGateway, bootstrap
 from tests.gateway.conftest import envoy_binary
-
-from .conftest import NAMESPACE, VALUE_SETS, Rendered
+from tests.deploy.conftest import NAMESPACE, VALUE_SETS, Rendered
 
 
 def _render(chart, values: dict) -> Rendered:

@@ -11,7 +11,7 @@ from pathlib import Path
 import kubernetes_validate
 import yaml
 
-from .conftest import CHART, ROOT, load_generate
+from tests.deploy.conftest import CHART, ROOT, load_generate
 
 DASHBOARDS = sorted((ROOT / "manifests" / "dashboards").glob("*.json"))
 RULES = ROOT / "manifests" / "prometheus" / "rules.yaml"

@@ -23,8 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, wait_for_port
-
-from .conftest import ROOT
+from tests.deploy.conftest import ROOT
 
 DASHBOARDS = sorted((ROOT / "manifests" / "dashboards").glob("*.json"))
 RULES = ROOT / "manifests" / "prometheus" / "rules.yaml"

@@ -11,7 +11,7 @@ from sagesched.engines import sglang, vllm
 from sagesched.emulator import EmulatedPod, PodConfig
 from sagesched.emulator.text import generated_text, split_generated
 
-from .conftest import MODEL, client, scrape
+from tests.emulator.conftest import MODEL, client, scrape
 
 PROMPT = "Summarise the following report. " + "Quarterly revenue grew steadily across regions. " * 40
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": PROMPT}]

@@ -12,7 +12,7 @@ from sagesched.engines import sglang, vllm
 from sagesched.emulator import EmulatedPod, PodConfig, running_pods
 from sagesched.engine import load_profile
 
-from .conftest import FAST, MODEL, client, scrape
+from tests.emulator.conftest import FAST, MODEL, client, scrape
 
 
 async def test_chat_completion_returns_the_forced_length_and_its_usage(pod):

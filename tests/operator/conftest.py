@@ -19,8 +19,7 @@ from sagesched.operator.handlers import run_operator
 from sagesched.operator.settings import OperatorSettings
 from sagesched.state.pod_store import RedisPodStore
 from tests.conftest import eventually  # noqa: F401 (the operator tests import it from here)
-
-from .schema import crd_schema, with_defaults
+from tests.operator.schema import crd_schema, with_defaults
 
 POLICIES = "sagesched.io/v1alpha1/sageschedpolicies"
 POOLS = "inference.networking.k8s.io/v1/inferencepools"

@@ -11,7 +11,7 @@ import yaml
 
 from sagesched.operator.spec import InvalidSpec, parse_spec
 
-from .schema import CRD_PATH, ROOT, cel_violations, crd_schema, with_defaults
+from tests.operator.schema import CRD_PATH, ROOT, cel_violations, crd_schema, with_defaults
 
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("sageschedpolicy-*.yaml"))
 

@@ -11,8 +11,8 @@ from sagesched.distribution import LengthDistribution
 from sagesched.predictor.client import ClientSettings, PredictorClient
 from sagesched.v1 import predictor_pb2_grpc
 
-from ..conftest import free_port
-from .conftest import query
+from tests.conftest import free_port
+from tests.predictor.conftest import query
 
 SENTINEL = LengthDistribution.point(777)
 HANG_GUARD_S = 10.0  # only catches a hang; the deadline under test is 50 ms

@@ -16,7 +16,7 @@ from sagesched.predictor.online import OnlineLearner
 from sagesched.predictor.server import build_predictor
 from sagesched.predictor.types import CompletionRecord
 
-from .conftest import query
+from tests.predictor.conftest import query
 
 TOPICS = ["Explain how a {} works.", "Write a poem about {}.", "Translate '{}' into French.",
           "Give me python code to sort {}.", "Summarize the history of {}."]

@@ -19,7 +19,7 @@ from sagesched.predictor.semantic import SemanticHistory, SemanticParams, WarmSt
 from sagesched.predictor.types import CompletionRecord, PredictQuery
 from sagesched.predictor.workload import predicted_workload
 
-from .conftest import query
+from tests.predictor.conftest import query
 
 G = grid()
 # Exact empirical histograms: no neighbour spread, no floor, no prior (unless a test sets one).

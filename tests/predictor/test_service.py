@@ -11,7 +11,7 @@ from sagesched.predictor.client import ClientSettings, PredictorClient
 from sagesched.predictor.types import CompletionRecord
 from sagesched.v1 import common_pb2, predictor_pb2, predictor_pb2_grpc
 
-from .conftest import query
+from tests.predictor.conftest import query
 
 
 def _stub(port: int):

@@ -13,8 +13,8 @@ from sagesched.predictor.config import PredictorSettings
 from sagesched.predictor.server import RunningServer, start_server
 from sagesched.predictor.types import CompletionRecord
 
-from ..conftest import eventually
-from .conftest import query
+from tests.conftest import eventually
+from tests.predictor.conftest import query
 
 PROMPT = "Explain quantum computing in simple terms"
 

@@ -19,8 +19,7 @@ from sagesched.router.proxy import upstream_body
 from sagesched.router.request import Api
 from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.conftest import free_port, wait_for_port
-
-from .conftest import MODEL, PodProcess, assert_openai_error
+from tests.reliability.conftest import MODEL, PodProcess, assert_openai_error
 
 MAX_BODY = 64 * 1024
 json_values = st.recursive(

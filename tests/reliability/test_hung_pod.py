@@ -7,7 +7,7 @@ import json
 
 import aiohttp
 
-from .conftest import MODEL, assert_openai_error, eventually
+from tests.reliability.conftest import MODEL, assert_openai_error, eventually
 
 TIMEOUTS = dict(first_byte_timeout_s=0.5, idle_timeout_s=0.5, upstream_timeout_s=1.0)
 

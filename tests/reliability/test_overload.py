@@ -10,7 +10,7 @@ from collections import Counter
 
 import aiohttp
 
-from .conftest import MODEL, assert_openai_error
+from tests.reliability.conftest import MODEL, assert_openai_error
 
 BURST = 300
 MAX_QUEUE = 20

@@ -10,7 +10,7 @@ import openai
 from sagesched.emulator import PodConfig
 from sagesched.emulator.text import generated_text
 
-from .conftest import MODEL, FlakyPod, assert_openai_error, eventually
+from tests.reliability.conftest import MODEL, FlakyPod, assert_openai_error, eventually
 
 
 def sse_payloads(raw: bytes) -> list[bytes]:

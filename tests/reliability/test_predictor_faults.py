@@ -17,8 +17,7 @@ from sagesched.predictor.config import PredictorSettings
 from sagesched.predictor.server import RunningServer, start_server
 from sagesched.v1 import predictor_pb2_grpc
 from tests.conftest import free_port
-
-from .conftest import MODEL
+from tests.reliability.conftest import MODEL
 
 _prompts = itertools.count()
 

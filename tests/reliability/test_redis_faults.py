@@ -12,7 +12,7 @@ from sagesched.state.history import RedisHistoryStore
 from sagesched.state.pod_store import RedisPodStore
 from sagesched.state.snapshot import PodSnapshot
 
-from .conftest import MODEL, eventually
+from tests.reliability.conftest import MODEL, eventually
 
 MAX_AGE = 1.0
 

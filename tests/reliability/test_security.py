@@ -21,8 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from sagesched.v1 import router_pb2, router_pb2_grpc
 from tests.conftest import free_port, wait_for_port
-
-from .conftest import MODEL
+from tests.reliability.conftest import MODEL
 
 TOKEN = "s3cret-admin-token"
 

@@ -14,7 +14,7 @@ from sagesched.emulator import PodConfig, start_pods
 from sagesched.engine import load_profile
 from sagesched.router.settings import Backend
 
-from .conftest import MODEL
+from tests.router.conftest import MODEL
 
 LONG = 1200
 SHORT = 20

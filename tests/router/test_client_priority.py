@@ -8,8 +8,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import eventually
-
-from .conftest import MODEL
+from tests.router.conftest import MODEL
 
 
 async def queued_priorities(router, asked: list[int]) -> list[int]:

@@ -10,7 +10,7 @@ import pytest
 
 from sagesched.emulator import PodConfig, start_pods
 
-from .conftest import MODEL
+from tests.router.conftest import MODEL
 
 CLIENT_TIMEOUT = 0.3
 CLOSE_WITHIN = CLIENT_TIMEOUT + 2.0  # the bound plus scheduling slack on a busy machine

@@ -13,8 +13,7 @@ import aiohttp
 from sagesched.router.parse import tenant_of
 from sagesched.scheduling.config import SchedulerConfig
 from tests.conftest import eventually
-
-from .streams import body, metric, slow_pods, start_router, stream  # noqa: F401 (slow_pods: a fixture)
+from tests.router.streams import body, metric, slow_pods, start_router, stream  # noqa: F401 (slow_pods: a fixture)
 
 FLOOD = 30
 FEW = 3

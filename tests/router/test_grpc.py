@@ -8,7 +8,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
 
-from .conftest import MODEL
+from tests.router.conftest import MODEL
 
 ADMIN_TOKEN = "test-admin-token"  # GetState is an admin call (tests/reliability covers its refusals)
 

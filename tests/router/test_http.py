@@ -8,8 +8,7 @@ import openai
 import pytest
 
 from tests.conftest import eventually
-
-from .conftest import MODEL
+from tests.router.conftest import MODEL
 
 
 def client_for(router) -> openai.AsyncOpenAI:
@@ -50,7 +49,7 @@ async def test_non_streaming_completion_passes_through(pods, make_router):
 
 
 async def test_models_lists_what_pods_serve(make_router):
-    from .conftest import start_pods
+    from tests.router.conftest import start_pods
 
     pods = await start_pods(1, "model-a") + await start_pods(1, "model-b")
     try:

@@ -15,8 +15,8 @@ import pytest
 
 from sagesched.emulator.text import generated_text
 
-from .conftest import MODEL
-from .streams import (LONG, SHORT, SHORTS, STARTED, Stream, body, long_then_shorts, metric,
+from tests.router.conftest import MODEL
+from tests.router.streams import (LONG, SHORT, SHORTS, STARTED, Stream, body, long_then_shorts, metric,
                       slow_pods, start_router, stream)  # noqa: F401 (slow_pods: a fixture)
 
 

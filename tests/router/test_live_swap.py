@@ -10,8 +10,7 @@ import aiohttp
 from sagesched.router.gateway.placement import GatewayPlacement
 from sagesched.scheduling.config import SchedulerConfig
 from tests.conftest import eventually
-
-from .streams import LONG, SHORT, SHORTS, Stream, body, metric, slow_pods, start_router, stream  # noqa: F401
+from tests.router.streams import LONG, SHORT, SHORTS, Stream, body, metric, slow_pods, start_router, stream  # noqa: F401
 
 
 async def test_a_live_swap_loses_no_running_or_queued_request(slow_pods, make_router):

@@ -13,9 +13,8 @@ import grpc
 
 from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.conftest import eventually
-
-from .conftest import MODEL
-from .test_http import client_for
+from tests.router.conftest import MODEL
+from tests.router.test_http import client_for
 
 SHARED_ID = "client-chosen-id"
 

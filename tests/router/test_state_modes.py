@@ -11,8 +11,7 @@ from sagesched.state.history import CompletionRecord, InProcessHistoryStore, Red
 from sagesched.state.pod_store import InProcessPodStore, RedisPodStore
 from sagesched.state.snapshot import PodSnapshot
 from tests.conftest import eventually
-
-from .conftest import MODEL
+from tests.router.conftest import MODEL
 
 
 @pytest.fixture(params=["in-process", "redis"])

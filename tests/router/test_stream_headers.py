@@ -7,7 +7,7 @@ import asyncio
 
 import aiohttp
 
-from .streams import LONG, Stream, body, slow_pods, start_router, stream  # noqa: F401
+from tests.router.streams import LONG, Stream, body, slow_pods, start_router, stream  # noqa: F401
 
 
 async def test_a_stream_waiting_at_the_engine_gets_its_headers_before_its_first_token(slow_pods, make_router):

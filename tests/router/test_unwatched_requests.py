@@ -8,8 +8,7 @@ import aiohttp
 
 from sagesched.emulator import PodConfig, start_pods
 from tests.conftest import eventually
-
-from .conftest import MODEL
+from tests.router.conftest import MODEL
 
 
 async def test_non_streaming_requests_are_not_capped_by_the_waiting_gate(make_router):

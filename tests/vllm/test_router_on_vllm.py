@@ -15,7 +15,7 @@ import pytest
 from sagesched.engines import vllm
 from sagesched.router.settings import Backend
 
-from .conftest import BLOCK_SIZE, KV_BLOCKS, MAX_MODEL_LEN, MODEL, VllmServer, engine_metrics, eventually
+from tests.vllm.conftest import BLOCK_SIZE, KV_BLOCKS, MAX_MODEL_LEN, MODEL, VllmServer, engine_metrics, eventually
 
 CHAT = [{"role": "user", "content": "hello there, please write a story"}]
 

@@ -128,7 +128,6 @@ class Scheduler:
         A central-queue policy stops a model's queue at the first request no pod can take (strict
         order: backfilling past it would starve big requests); a preemptive one may instead displace
         a running request for it and send it to that pod (see `take_preemptions`)."""
-        self._check_views(pods)
         self._update_scarcity(pods)
         released: list[tuple[SchedRequest, PodView]] = []
         for queue in self._queues.values():
@@ -145,14 +144,6 @@ class Scheduler:
                 released.append((req, placed[0]))
         return released
 
-    def _check_views(self, pods: Sequence[PodView]) -> None:
-        """A view must read this scheduler's ledger: one that reads another's would miscount its pod
-        silently."""
-        page_of = self.ledger.pod
-        for pod in pods:
-            if pod.ledger is not page_of(pod.name):
-                raise ValueError(f"the view of pod {pod.name!r} does not read this scheduler's ledger: "
-                                 f"build it with ledger=scheduler.ledger.pod(name)")
 
     def _update_scarcity(self, pods: Sequence[PodView]) -> None:
         live = [p for p in pods if p.eligible]
@@ -200,6 +191,9 @@ class Scheduler:
         self, req: SchedRequest, queue: AgingQueue, now: float, pod: PodView, poly: CostPolynomial,
         contribution: PodLoad,
     ) -> None:
+        if pod.ledger is not self.ledger.pod(pod.name):  # it would miscount its pod silently
+            raise ValueError(f"the view of pod {pod.name!r} does not read this scheduler's ledger: "
+                             f"build it with ledger=scheduler.ledger.pod(name)")
         req.pod, req.dispatched_at = pod.name, now
         req.engine_priority = (
             engine_priority(queue.order_key(req), self.engine) if self.policy.central_queue else 0

@@ -110,10 +110,12 @@ class PodView:
     def outstanding(self) -> int:
         """Requests at the engine as far as we can tell: the larger of its report and our count
         (reports lag dispatches; our count misses other routers' requests)."""
-        return max(self.num_running + self.waiting_at_engine, len(self.inflight))
+        ledger = self.ledger  # inlined: read for every pod at every decision
+        return max(self.num_running + self.num_waiting + ledger.sent - self.sent_mark, len(ledger.requests))
 
     @property
     def waiting(self) -> int:
         """Requests the engine has not started decoding: its report, or ours that have streamed
         nothing yet (prefilling or queued there), whichever is larger — reports lag dispatches."""
-        return max(self.waiting_at_engine, self.unstarted)
+        ledger = self.ledger
+        return max(self.num_waiting + ledger.sent - self.sent_mark, ledger.unstarted)

@@ -137,6 +137,7 @@ class Scheduler:
                     placed, victim = self._preempt_for(req, queue, pods, now)
                 if placed is None:
                     break
+                self._check_view(placed[0])
                 queue.pop()
                 if victim is not None:
                     self._queues[victim.model].push(victim)
@@ -144,6 +145,13 @@ class Scheduler:
                 released.append((req, placed[0]))
         return released
 
+
+    def _check_view(self, pod: PodView) -> None:
+        """Before anything is sent to it (and nothing taken from the queue): a view that reads another
+        ledger would miscount its pod silently."""
+        if pod.ledger is not self.ledger.pod(pod.name):
+            raise ValueError(f"the view of pod {pod.name!r} does not read this scheduler's ledger: "
+                             f"build it with ledger=scheduler.ledger.pod(name)")
 
     def _update_scarcity(self, pods: Sequence[PodView]) -> None:
         live = [p for p in pods if p.eligible]
@@ -191,9 +199,6 @@ class Scheduler:
         self, req: SchedRequest, queue: AgingQueue, now: float, pod: PodView, poly: CostPolynomial,
         contribution: PodLoad,
     ) -> None:
-        if pod.ledger is not self.ledger.pod(pod.name):  # it would miscount its pod silently
-            raise ValueError(f"the view of pod {pod.name!r} does not read this scheduler's ledger: "
-                             f"build it with ledger=scheduler.ledger.pod(name)")
         req.pod, req.dispatched_at = pod.name, now
         req.engine_priority = (
             engine_priority(queue.order_key(req), self.engine) if self.policy.central_queue else 0
@@ -240,6 +245,7 @@ class Scheduler:
         victim.decided_bucket = policy.bucket(victim, victim.generated, settings.bucket_tokens)
         self._rerank(victim, self.ledger.entries[victim.request_id].poly)
         pod = by_name[victim.pod]
+        self._check_view(pod)
         stalled = settings.recompute_weight * max(pod.num_running, len(pod.inflight))
         head_needs = self._contribution(head)  # the head's KV on this pod: also its load once placed
         lost = self._uncached_on_resume(victim, head_needs, pod)

@@ -229,3 +229,11 @@ def test_rekeying_a_queue_reorders_what_waits_by_the_new_rate() -> None:
     assert queue.peek() is new  # no aging: the cheaper first
     queue.rekey(0.1)  # 100 s of waiting shrink the big one by e^-10: it goes first
     assert [queue.pop(), queue.pop()] == [old, new]
+
+
+def test_a_view_that_reads_another_ledger_is_refused_not_miscounted() -> None:
+    sched = Scheduler("fcfs")
+    sched.submit(_req("a", 10, 0.0), 0.0)
+    with pytest.raises(ValueError, match="does not read this scheduler's ledger"):
+        sched.dispatch([PodView("p0", ("m",), PROFILE)], 0.0)
+    assert [r.request_id for r, _ in sched.dispatch([sched.view("p0", ("m",), PROFILE)], 0.0)] == ["a"]

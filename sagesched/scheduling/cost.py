@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sagesched.distribution import LengthDistribution
+from sagesched.distribution import LengthDistribution, LengthGrid
 from sagesched.engine.profile import StepTimeProfile
 
 
@@ -54,6 +54,10 @@ def _sum_powers(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return s1, sq(hi) - sq(lo - 1)
 
 
+_SHAPE_CACHE_LIMIT = 200_000
+_shapes: dict[tuple[type, LengthGrid, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
 def capped_moments(
     dist: LengthDistribution, cap: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -61,16 +65,31 @@ def capped_moments(
 
     max_tokens truncates the output: the engine stops at `cap` whatever the model wanted, so mass
     above it is mass at it. The threshold of a bin is its largest (capped) length — the token counts
-    at which the Gittins index may stop a quantum.
+    at which the Gittins index may stop a quantum. Only `p` is the distribution's own: the rest
+    depends on the bins' bounds, which a distribution type derives from (grid, floor) alone, so it
+    is computed once per (type, grid, floor, cap) and shared (every rank refresh asks for it).
     """
     p, lo, hi = dist.support()
+    key = (type(dist), dist.grid, dist.floor, cap)
+    shape = _shapes.get(key)
+    if shape is None:
+        if len(_shapes) > _SHAPE_CACHE_LIMIT:
+            _shapes.clear()
+        shape = _shapes[key] = _capped_shape(lo, hi, cap)
+    return p, *shape
+
+
+def _capped_shape(lo: np.ndarray, hi: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = (hi - lo + 1).astype(np.float64)
     below_hi = np.minimum(hi, cap)
     s1, s2 = _sum_powers(lo, below_hi)
     above = np.maximum(hi - np.maximum(below_hi, lo - 1), 0).astype(np.float64)
     m1 = (s1 + above * cap) / n
     m2 = (s2 + above * float(cap) ** 2) / n
-    return p, m1, m2, np.minimum(hi, cap).astype(np.float64)
+    shape = m1, m2, np.minimum(hi, cap).astype(np.float64)
+    for a in shape:
+        a.setflags(write=False)
+    return shape
 
 
 COST_MODELS = ("hybrid", "paper", "output", "vtc")

@@ -11,9 +11,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
-
-from sagesched.distribution import LengthDistribution, LengthGrid
+from sagesched.distribution import LengthDistribution
 from sagesched.scheduling.cost import capped_moments
 from sagesched.scheduling.gittins import conditioned
 
@@ -64,22 +62,6 @@ class Remaining:
 
 
 _moments: dict[tuple[int, int, int], tuple[LengthDistribution, float, float]] = {}
-_bin_moments: dict[tuple[type, LengthGrid, int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _capped(dist: LengthDistribution, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(p, m1, m2) of `capped_moments`. The per-bin moments depend only on the bins' bounds,
-    which a distribution type derives from (grid, floor) alone, so they are shared by every
-    distribution with that floor; only the probabilities are per distribution."""
-    key = (type(dist), dist.grid, dist.floor, cap)
-    hit = _bin_moments.get(key)
-    if hit is None:
-        if len(_bin_moments) > _CACHE_LIMIT:
-            _bin_moments.clear()
-        p, m1, m2, _ = capped_moments(dist, cap)
-        _bin_moments[key] = (m1, m2)
-        return p, m1, m2
-    return dist.support()[0], hit[0], hit[1]
 
 
 def _length_moments(dist: LengthDistribution, cap: int, s: int) -> tuple[float, float]:
@@ -91,7 +73,7 @@ def _length_moments(dist: LengthDistribution, cap: int, s: int) -> tuple[float, 
     if hit is None:
         if len(_moments) > _CACHE_LIMIT:
             _moments.clear()
-        p, m1, m2 = _capped(conditioned(dist, s), max(cap, s + 1))
+        p, m1, m2, _ = capped_moments(conditioned(dist, s), max(cap, s + 1))
         hit = _moments[key] = (dist, float(p @ m1), float(p @ m2))
     return hit[1], hit[2]
 

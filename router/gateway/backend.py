@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from sagesched.router.errors import RouterError, no_pods
@@ -29,7 +30,12 @@ API_BY_PATH = {api.path: api for api in Api}
 
 def endpoint_of(pod: PodEntry) -> str:
     """The pod's `host:port`, as the gateway addresses it (and reports it back as served)."""
-    return urlsplit(pod.base_url).netloc
+    return _netloc(pod.base_url)
+
+
+@lru_cache(maxsize=4096)
+def _netloc(url: str) -> str:  # every decision names up to 3 pods: parse each pod's URL once
+    return urlsplit(url).netloc
 
 
 def in_subset(pod: PodEntry, subset: frozenset[str]) -> bool:

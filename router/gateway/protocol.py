@@ -146,14 +146,22 @@ def served_endpoint(request: ext_proc.ProcessingRequest) -> str | None:
     return listed[0] if listed else None
 
 
+# Responses are built in place, field by field: nested constructors and CopyFrom copy every level
+# again, and a stream builds ~5 responses (Python protobuf construction is most of their cost).
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _set_headers_into(mutation: ext_proc.HeaderMutation, headers: dict[str, str]) -> ext_proc.HeaderMutation:
+    for key, value in headers.items():
+        option = mutation.set_headers.add()
+        option.header.key = key
+        option.header.raw_value = value.encode()
+        option.append_action = _OVERWRITE
+    return mutation
+
+
 def _set_headers(headers: dict[str, str]) -> ext_proc.HeaderMutation:
-    return ext_proc.HeaderMutation(set_headers=[
-        base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
-        for key, value in headers.items()
-    ])
+    return _set_headers_into(ext_proc.HeaderMutation(), headers)
 
 
 def strip_destination() -> ext_proc.CommonResponse:
@@ -166,12 +174,10 @@ def destination_mutation(endpoints: list[str], extra_headers: dict[str, str] | N
     """Header mutation and dynamic metadata carrying the same endpoint list (they must agree).
     `extra_headers` are set with it (content-length when the picker rewrote the body)."""
     value = ",".join(endpoints)
-    common = ext_proc.CommonResponse(
-        header_mutation=_set_headers({DESTINATION_HEADER: value, **(extra_headers or {})}),
-        clear_route_cache=True,
-    )
+    common = ext_proc.CommonResponse(clear_route_cache=True)
+    _set_headers_into(common.header_mutation, {DESTINATION_HEADER: value, **(extra_headers or {})})
     metadata = struct_pb2.Struct()
-    metadata.update({LB_NAMESPACE: {DESTINATION_HEADER: value}})
+    metadata.fields[LB_NAMESPACE].struct_value.fields[DESTINATION_HEADER].string_value = value
     return common, metadata
 
 
@@ -195,31 +201,42 @@ def immediate(error: GatewayError) -> ext_proc.ProcessingResponse:
     )
 
 
-def _continue(phase: str, message: object, metadata: struct_pb2.Struct | None) -> ext_proc.ProcessingResponse:
-    out = ext_proc.ProcessingResponse(dynamic_metadata=metadata) if metadata else ext_proc.ProcessingResponse()
-    getattr(out, phase).CopyFrom(message)
+def _continue(phase: str, common: ext_proc.CommonResponse | None, metadata: struct_pb2.Struct | None
+              ) -> ext_proc.ProcessingResponse:
+    out = ext_proc.ProcessingResponse()
+    target = getattr(out, phase).response
+    if common is None:
+        target.SetInParent()
+    else:
+        target.CopyFrom(common)
+    if metadata:
+        out.dynamic_metadata.CopyFrom(metadata)
     return out
 
 
 def headers_continue(common: ext_proc.CommonResponse | None = None, *, response: bool = False,
                      metadata: struct_pb2.Struct | None = None) -> ext_proc.ProcessingResponse:
     """Let request (or response) headers through, optionally mutated."""
-    headers = ext_proc.HeadersResponse(response=common or ext_proc.CommonResponse())
-    return _continue("response_headers" if response else "request_headers", headers, metadata)
+    return _continue("response_headers" if response else "request_headers", common, metadata)
 
 
 def body_continue(common: ext_proc.CommonResponse | None = None, *, response: bool = False,
                   metadata: struct_pb2.Struct | None = None) -> ext_proc.ProcessingResponse:
     """Let a buffered/streamed body chunk through unchanged, optionally with header mutations."""
-    body = ext_proc.BodyResponse(response=common or ext_proc.CommonResponse())
-    return _continue("response_body" if response else "request_body", body, metadata)
+    return _continue("response_body" if response else "request_body", common, metadata)
 
 
 def body_stream(chunk: bytes, end_of_stream: bool, *, response: bool = False) -> ext_proc.ProcessingResponse:
     """In FULL_DUPLEX_STREAMED mode the processor sends the body back itself, chunk by chunk."""
-    common = ext_proc.CommonResponse(
-        body_mutation=ext_proc.BodyMutation(
-            streamed_response=ext_proc.StreamedBodyResponse(body=chunk, end_of_stream=end_of_stream)
-        )
-    )
-    return _continue("response_body" if response else "request_body", ext_proc.BodyResponse(response=common), None)
+    out = ext_proc.ProcessingResponse()
+    body = (out.response_body if response else out.request_body).response.body_mutation.streamed_response
+    body.body = chunk
+    body.end_of_stream = end_of_stream
+    return out
+
+
+# Answers that never vary, built once (a stream sends each of them once or more).
+RESPONSE_HEADERS_CONTINUE = headers_continue(response=True)
+RESPONSE_BODY_CONTINUE = body_continue(response=True)
+REQUEST_TRAILERS_CONTINUE = ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+RESPONSE_TRAILERS_CONTINUE = ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())

@@ -35,4 +35,14 @@ class ResponseMeter:
         if end_of_stream and self._buffer.strip():
             events.append(self._buffer)
             self._buffer = b""
-        return b"".join(Upstream.accounted(self.req, events, None, self.now, self.on_token))
+        # The stream's last events: the release that follows tells the scheduler everything a
+        # progress report would (a short answer often arrives whole, [DONE] included).
+        ending = end_of_stream or (bool(events) and events[-1].startswith(_DONE))
+        return b"".join(Upstream.accounted(self.req, events, None, self.now, _nothing if ending else self.on_token))
+
+
+_DONE = b"data: [DONE]"
+
+
+def _nothing() -> None:
+    pass

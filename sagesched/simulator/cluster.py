@@ -18,7 +18,7 @@ import numpy as np
 
 from sagesched.engine import Engine, EngineRequest, StepOutcome, StepTimeProfile
 from sagesched.distribution import LengthDistribution
-from sagesched.scheduling import Admission, HistoryEstimator, PodView, SchedRequest, Scheduler, make_policy
+from sagesched.scheduling import Admission, HistoryEstimator, SchedRequest, Scheduler, make_policy
 from sagesched.scheduling.admission import DEFAULT_QUANTILE
 from sagesched.scheduling.preemption import NO_PREEMPTION, Preemption
 from sagesched.scheduling.scheduler import DEFAULT_AGING_RATE
@@ -189,8 +189,11 @@ class ClusterSim:
         self._stale_views.add(k)
         self.kv_peak = max(self.kv_peak, engine.kv_usage)
         if self.track_progress:
-            reqs, offsets = self.engine_reqs, self.offsets
-            self.scheduler.on_progress_many([(rid, reqs[rid].generated + offsets.get(rid, 0)) for rid in out.tokens])
+            reports = engine.progress(out, self.engine_reqs)
+            offsets = self.offsets
+            if offsets and not offsets.keys().isdisjoint(out.tokens.keys()):  # resumed: add what earlier runs made
+                reports = [(rid, g + offsets.get(rid, 0)) for rid, g in reports]
+            self.scheduler.on_progress_many(reports)
         for done in out.finished:
             self.scheduler.on_finish(done.request_id, done.finish_time)
             self.finished.append(done)

@@ -12,7 +12,7 @@ from sagesched.engine import engine as engine_module
 from sagesched.engine import Engine, EngineRequest, FinishReason, RequestStatus, load_profile
 from sagesched.engine.kv_cache import blocks_for
 
-from .conftest import random_workload, run_by_advance, run_by_steps, small_profile
+from tests.engine.conftest import random_workload, run_by_advance, run_by_steps, small_profile
 
 
 def request_state(req: EngineRequest) -> tuple:
@@ -159,11 +159,13 @@ def test_latency_fields_are_consistent():
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), scheduling=st.sampled_from(["fcfs", "priority"]),
        blocks=st.integers(64, 400), stop_on_finish=st.booleans(),
-       scalar_run=st.sampled_from([0, engine_module.SCALAR_RUN, 10**9]), keyed=st.booleans())
-def test_advance_equals_repeated_step_exactly(seed, scheduling, blocks, stop_on_finish, scalar_run, keyed):
+       scalar_run=st.sampled_from([0, engine_module.SCALAR_RUN, 10**9]), keyed=st.booleans(),
+       budget=st.sampled_from([64, 512]))
+def test_advance_equals_repeated_step_exactly(seed, scheduling, blocks, stop_on_finish, scalar_run, keyed, budget):
     """Whichever way a decode run is timed (numpy, scalar, or the default mix), with or without
-    prefix-cache keys (preempted requests then find part of their blocks again)."""
-    profile = small_profile(num_gpu_blocks=blocks, max_num_seqs=12)
+    prefix-cache keys (preempted requests then find part of their blocks again), with a token budget
+    that chunks prompts or one that admits them whole beside a decode run."""
+    profile = small_profile(num_gpu_blocks=blocks, max_num_seqs=12, max_num_batched_tokens=budget)
     workload = random_workload(seed, 40, spacing=0.02, priorities=3, keyed=keyed)
     stepped, advanced = Engine(profile, scheduling), Engine(profile, scheduling)
     by_step, by_advance = copy.deepcopy(workload), copy.deepcopy(workload)
@@ -182,9 +184,36 @@ def test_advance_jumps_over_decode_and_stops_at_the_horizon():
         engine.add_request(EngineRequest(f"r{i}", 100, 1000 + i))
     out = engine.advance(0.5)
     assert out.steps > 10
+    engine.settle()  # advance leaves the counts of a decode run pending
     last_step = engine.profile.decode_step_seconds(16, sum(r.num_tokens - 1 for r in engine.running))
     assert engine.now - last_step < 0.5 <= engine.now  # the last iteration started before the horizon
     assert all(n == out.steps for n in out.tokens.values())  # one token per iteration, prefill's included
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), scheduling=st.sampled_from(["fcfs", "priority"]), blocks=st.integers(64, 300))
+def test_progress_reports_the_counts_that_stepping_reaches_and_settle_writes_them(seed, scheduling, blocks):
+    """`advance` moves a decode run's aggregates only; `progress` and `settle` must show exactly
+    what one `step()` at a time reaches, at every arrival."""
+    profile = small_profile(num_gpu_blocks=blocks, max_num_seqs=12)
+    workload = random_workload(seed, 30, spacing=0.02, priorities=3, keyed=True)
+    stepped, advanced = Engine(profile, scheduling), Engine(profile, scheduling)
+    by_step, by_advance = copy.deepcopy(workload), copy.deepcopy(workload)
+    step_ids = {r.request_id: r for r in by_step}
+    advance_ids = {r.request_id: r for r in by_advance}
+    reports: list[tuple[str, int]] = []
+    for ref, req in zip(by_step, by_advance):
+        while stepped.has_work and stepped.now < ref.arrival:
+            stepped.step()
+        while advanced.has_work and advanced.now < req.arrival:
+            out = advanced.advance(req.arrival - advanced.now)
+            reports = advanced.progress(out, advance_ids)
+            assert [rid for rid, _ in reports] == list(out.tokens)
+        assert all(generated == step_ids[rid].generated for rid, generated in reports)
+        stepped.add_request(ref)
+        advanced.add_request(req)
+    advanced.settle()
+    assert [request_state(r) for r in by_advance] == [request_state(r) for r in by_step]
 
 
 def test_same_seed_same_results():

@@ -38,7 +38,8 @@ def _component_of_module(module: str) -> str:
 
 
 def test_imports_are_absolute():
-    relative = [f"{path}:{line}" for path in _product_files() for line, _, level in _imports(path) if level]
+    files = [*_product_files(), *(p.relative_to(ROOT) for p in sorted((ROOT / "tests").rglob("*.py")))]
+    relative = [f"{path}:{line}" for path in files for line, _, level in _imports(path) if level]
     assert not relative, f"relative imports (use `from sagesched.<...> import`): {relative}"
 
 

@@ -38,6 +38,9 @@ class AdmissionConfig(_Block):
         description="Admit to a pod only if this quantile of its requests' KV need fits its free KV; "
                     "absent: off (the engine's block check decides, preemption corrects).")
     engine_buffer: int = Field(4, ge=1, le=1024, description="Requests a pod may hold not yet streaming.")
+    affinity_buffer: int = Field(1, ge=0, le=1024,
+                                 description="More such requests a pod may hold when it caches at least half of the "
+                                             "request's prompt (prefix-cache affinity; 0: none).")
 
 
 class PreemptionConfig(_Block):
@@ -165,7 +168,8 @@ class SchedulerConfig(_Block):
         """A new Scheduler with this configuration (the router swaps it in on a change)."""
         q = self.admission.memory_gate_quantile
         admission = Admission(memory_aware=q is not None, quantile=DEFAULT_QUANTILE if q is None else q,
-                              engine_buffer=self.admission.engine_buffer)
+                              engine_buffer=self.admission.engine_buffer,
+                              affinity_buffer=self.admission.affinity_buffer)
         p = self.preemption
         preemption = Preemption(enabled=p.enabled, bucket_tokens=p.bucket_tokens, max_per_request=p.max_per_request)
         f = self.fairness

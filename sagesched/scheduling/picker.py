@@ -39,6 +39,11 @@ class Scorer(Plugin):
     def dispatched(self, req: SchedRequest, pod: PodView) -> None:
         """`req` was sent to `pod`: scorers that remember what went where (prefix affinity) learn it."""
 
+    def cached_shares(self, req: SchedRequest, pods: Sequence[PodView]) -> list[float] | None:
+        """Per pod, the share of the request's prompt it holds in its prefix cache, for a scorer that
+        knows (prefix affinity); None for the others."""
+        return None
+
 
 class Picker(Plugin):
     """Chooses one of the pods from their summed scores."""
@@ -147,3 +152,12 @@ class Pick:
     def dispatched(self, req: SchedRequest, pod: PodView) -> None:
         for _, scorer in self.scorers:
             scorer.dispatched(req, pod)
+
+    def cached_shares(self, req: SchedRequest, pods: Sequence[PodView]) -> dict[str, float]:
+        """Per pod name, the share of the request's prompt it caches, as the first scorer that knows
+        says (none without such a scorer)."""
+        for _, scorer in self.scorers:
+            shares = scorer.cached_shares(req, pods)
+            if shares is not None:
+                return {p.name: s for p, s in zip(pods, shares) if s > 0.0}
+        return {}

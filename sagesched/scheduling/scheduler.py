@@ -13,6 +13,7 @@ simulator's virtual clock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from time import perf_counter
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
@@ -171,22 +172,30 @@ class Scheduler:
         poly = self._poly(req)
         new = self._contribution(req)
         if self.policy.central_queue:
-            candidates = self._admit(candidates, new)
+            candidates = self._admit(candidates, new, req)
         if not candidates:
             return None
         ctx = PickContext(self.pick, self._free_kv, self._tick, clock)
         self._tick += 1
         chosen = self.policy.choose(req, candidates, ctx)  # None: a policy's own constraint (a gateway subset) holds it
-        return (chosen, poly, new) if chosen is not None else None
+        return (chosen, poly, self._uncached(req, new, chosen)) if chosen is not None else None
 
-    def _admit(self, pods: list[PodView], new: PodLoad) -> list[PodView]:
-        """The pods every admission gate lets take one more request, each gate timed over its pass."""
+    def _uncached(self, req: SchedRequest, new: PodLoad, pod: PodView) -> PodLoad:
+        """The request's load on `pod`: the part of its prompt the pod caches needs no prefill there
+        and takes no new KV (the prefill gate and free KV read this until its first token)."""
+        share = self.pick.cached_shares(req, (pod,)).get(pod.name, 0.0) if req.prefix_blocks else 0.0
+        return replace(new, pending_prompt=new.pending_prompt * (1.0 - share)) if share > 0.0 else new
+
+    def _admit(self, pods: list[PodView], new: PodLoad, req: SchedRequest) -> list[PodView]:
+        """The pods every admission gate lets take one more request, each gate timed over its pass.
+        Gates may ask which pods cache the request's prompt (the pick's prefix scorer knows)."""
         clock = self.plugin_times
+        affine = (lambda refused: self.pick.cached_shares(req, refused)) if req.prefix_blocks else None
         for gate in self.admission.gates:
             if not pods:
                 break
             t0 = perf_counter()
-            pods = gate.admit(pods, new)
+            pods = gate.admit(pods, new, affine)
             clock.add("gate", gate.name, perf_counter() - t0)
         return pods
 

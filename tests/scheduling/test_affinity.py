@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sagesched.distribution import LengthDistribution, grid
 from sagesched.engine import load_profile
+from sagesched.scheduling import Admission, Scheduler
 from sagesched.scheduling.affinity import BLOCK_CHARS, MAX_BLOCKS, PrefixIndex, prefix_blocks
 from sagesched.scheduling.picker import PickContext
 from sagesched.scheduling.plugins import PluginClock
@@ -86,3 +87,21 @@ def test_only_picks_with_the_prefix_scorer_ask_for_prompt_blocks():
     assert make_policy("sagesched").default_pick().reads_prefix_blocks
     assert not make_policy("fcfs").default_pick().reads_prefix_blocks
     assert not Pick.weighted(("kv", 1.0), ("prefix", 0.0)).reads_prefix_blocks  # a zero weight is not run
+
+
+def _turns(affinity_buffer: int, follow_up: str) -> str:
+    """A conversation's first turn waits at pod a (its engine queue at the buffer of 1); where does the
+    next request go, with pod b empty?"""
+    sched = Scheduler("sagesched", Admission(engine_buffer=1, prefill_tokens=0, affinity_buffer=affinity_buffer))
+    a, b = sched.view("a", ("m",), PROFILE), sched.view("b", ("m",), PROFILE)
+    sched.submit(_req(CONTEXT, "turn-1"), 0.0)
+    assert [p.name for _, p in sched.dispatch([a], 0.0)] == ["a"] and a.waiting == 1
+    sched.submit(_req(follow_up, "turn-2"), 1.0)
+    ((_, pod),) = sched.dispatch([a, b], 1.0)
+    return pod.name
+
+
+def test_a_pod_caching_the_prompt_may_queue_one_more_for_it():
+    assert _turns(1, CONTEXT + "and a short follow-up question") == "a"  # its prefix is cached there
+    assert _turns(0, CONTEXT + "and a short follow-up question") == "b"  # without the allowance: the free pod
+    assert _turns(1, "an unrelated prompt, long enough to have blocks of its own " * 4) == "b"

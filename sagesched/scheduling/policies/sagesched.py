@@ -8,8 +8,9 @@ remaining cost, i.e. SRPT.
 Pod choice is the default picker's (most free KV), plus `prefix_weight` times the share of the
 prompt's leading blocks the pod was recently sent (prefix-cache affinity, scorers/prefix.py).
 On ShareGPT conversations replayed turn by turn (bench/results/prefix-affinity, 8 pods) weight 1
-cuts mean TTLT by 14% at load 0.8, 12% at 1.0 and 5% at 1.2 against weight 0; 0.5 and 2 are within noise
-of it. Requests without prompt blocks choose exactly as with weight 0.
+cuts mean TTLT by 15% at load 0.8, 13% at 1.0 and 6% at 1.2 against weight 0; 0.5 and 2 are within noise
+of it. A pod that caches the prompt may also queue one more request at its engine (admission's
+`affinity_buffer`). Requests without prompt blocks choose exactly as with weight 0.
 """
 from __future__ import annotations
 

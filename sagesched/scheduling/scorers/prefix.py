@@ -19,7 +19,10 @@ class Prefix(Scorer):
         self.index = PrefixIndex()
 
     def score(self, req: SchedRequest, pods: Sequence[PodView], ctx: PickContext) -> list[float] | None:
-        return self.index.score(req, pods) if req.prefix_blocks else None
+        return self.cached_shares(req, pods)
 
     def dispatched(self, req: SchedRequest, pod: PodView) -> None:
         self.index.record(req, pod)
+
+    def cached_shares(self, req: SchedRequest, pods: Sequence[PodView]) -> list[float] | None:
+        return self.index.score(req, pods) if req.prefix_blocks else None

@@ -33,9 +33,8 @@ class EventStream(web.StreamResponse):
 
     async def prepare(self, request: web.BaseRequest):
         writer = await super().prepare(request)
-        flush = getattr(writer, "send_headers", None)  # no-op once the first write carried them
-        if flush is not None:
-            asyncio.get_running_loop().call_soon(flush)
+        if hasattr(writer, "send_headers"):
+            asyncio.get_running_loop().call_soon(_flush_headers, writer)
         return writer
 
     async def send(self, req: LiveRequest, data: bytes) -> None:
@@ -45,6 +44,15 @@ class EventStream(web.StreamResponse):
             await self.write_eof(data)
         else:
             await self.write(data)
+
+
+def _flush_headers(writer) -> None:
+    """Send held headers (a no-op once the first write carried them); a client gone meanwhile is the
+    stream's own business, not an error of the event loop's."""
+    try:
+        writer.send_headers()
+    except ConnectionResetError:
+        pass
 
 
 def error_response(router: Router, err: RouterError, model: str) -> web.Response:

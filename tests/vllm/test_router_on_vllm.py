@@ -62,14 +62,21 @@ async def test_completions_and_chat_stream_and_not_through_the_router(router):
     assert chunks[-1].usage.completion_tokens == 6 and chunks[-2].choices[0].finish_reason == "length"
 
     # Usage in every event (continuous_usage_stats) still shows the router each token as it comes.
+    # The router records a request once its last byte has left, so a client that has read the end
+    # may look before that: wait for each request's record.
+    await eventually(lambda: recorded(router, 3), what="three requests recorded")
     ttft_before = await router_metric(router, "sagesched_ttft_seconds_count")
     stream = await client.chat.completions.create(
         model=MODEL, messages=CHAT, max_tokens=4, stream=True, extra_body={"ignore_eos": True},
         stream_options={"include_usage": True, "continuous_usage_stats": True})
     chunks = [c async for c in stream]
     assert chunks[-1].usage.completion_tokens == 4
+    await eventually(lambda: recorded(router, 4), what="the fourth request recorded")
     assert await router_metric(router, "sagesched_ttft_seconds_count") == ttft_before + 1
-    assert await router_metric(router, 'sagesched_requests_total{code="200"') == 4
+
+
+async def recorded(router, count: int) -> bool:
+    return await router_metric(router, 'sagesched_requests_total{code="200"') == count
 
 
 async def test_null_fields_reach_vllm_as_not_given(router):

@@ -102,14 +102,8 @@ class Ledger:
             page = self.pods[name] = PodLedger()
         return page
 
-    def get(self, request_id: str) -> InFlight | None:
-        return self.entries.get(request_id)
-
     def __contains__(self, request_id: str) -> bool:
         return request_id in self.entries
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
     def add(self, entry: InFlight) -> None:
         req, page = entry.req, self.pod(entry.pod)

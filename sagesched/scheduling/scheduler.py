@@ -5,8 +5,9 @@ can take them (policy order, admission gates, policy pod choice) and, for a pree
 which running request a blocked head displaces; `on_progress` refreshes a running request's rank at
 bucket boundaries and keeps the in-flight accounting that admission and the pod picker read;
 `on_finish` forgets it. The in-flight accounting is one `Ledger` (ledger.py), which pod views read
-through their page; the scheduler writes the ledger, never the views it is given. The caller carries out preemptions (`take_preemptions`): it ends the request
-on its pod and the scheduler has already queued it again, to resume from the tokens it generated.
+through their page; the scheduler writes the ledger, never the views it is given. The caller carries
+out preemptions (`take_preemptions`): it ends the request on its pod and the scheduler has already
+queued it again, to resume from the tokens it generated.
 The clock is whatever `now` the caller passes, so the same code runs on wall time and on a
 simulator's virtual clock.
 """
@@ -145,7 +146,6 @@ class Scheduler:
                 self._assign(req, queue, now, *placed)
                 released.append((req, placed[0]))
         return released
-
 
     def _check_view(self, pod: PodView) -> None:
         """Before anything is sent to it (and nothing taken from the queue): a view that reads another

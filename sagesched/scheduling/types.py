@@ -110,7 +110,9 @@ class PodView:
     def outstanding(self) -> int:
         """Requests at the engine as far as we can tell: the larger of its report and our count
         (reports lag dispatches; our count misses other routers' requests)."""
-        ledger = self.ledger  # inlined: read for every pod at every decision
+        # `waiting_at_engine` inlined here and in `waiting`: the count gate reads both for every pod at
+        # every decision, and the property call costs it 15-20% (36 -> 43 µs over 64 pods, timeit)
+        ledger = self.ledger
         return max(self.num_running + self.num_waiting + ledger.sent - self.sent_mark, len(ledger.requests))
 
     @property

@@ -12,18 +12,17 @@ import logging
 import time
 from collections import Counter, deque
 
-from sagesched.scheduling.affinity import prefix_blocks
-from sagesched.scheduling.config import SchedulerConfig
-from sagesched.scheduling.fairness import tenant_label
-from sagesched.scheduling.scheduler import Scheduler
-from sagesched.scheduling.types import SchedRequest
-
 from sagesched.router.continuation import CONTINUING_ENGINES
 from sagesched.router.errors import RouterError, no_pods, queue_full, queue_timeout
 from sagesched.router.metrics import RouterMetrics
 from sagesched.router.pods import PodEntry, PodSet
 from sagesched.router.request import LiveRequest
 from sagesched.router.settings import RouterSettings
+from sagesched.scheduling.affinity import prefix_blocks
+from sagesched.scheduling.config import SchedulerConfig
+from sagesched.scheduling.fairness import tenant_label
+from sagesched.scheduling.scheduler import Scheduler
+from sagesched.scheduling.types import SchedRequest
 
 log = logging.getLogger(__name__)
 

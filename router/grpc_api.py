@@ -13,12 +13,11 @@ from pathlib import Path
 
 import grpc
 
-from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
-
 from sagesched.router.errors import RouterError, bad_request, pod_failed, upstream_error
 from sagesched.router.parse import REQUEST_ID_HEADER, parse_request
 from sagesched.router.pipeline import Router
 from sagesched.router.request import Api, LiveRequest
+from sagesched.v1 import common_pb2, router_pb2, router_pb2_grpc
 
 _STATUS_TO_GRPC = {
     400: grpc.StatusCode.INVALID_ARGUMENT,

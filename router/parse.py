@@ -13,11 +13,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from sagesched.scheduling.config import DEFAULT_TENANT_HEADER
-
 from sagesched.router.continuation import PREEMPTIBLE_HEADER
 from sagesched.router.errors import bad_request
 from sagesched.router.request import Api, LiveRequest
+from sagesched.scheduling.config import DEFAULT_TENANT_HEADER
 
 CHARS_PER_TOKEN = 4
 # Chat templates add a few tokens of framing per message.

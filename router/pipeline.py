@@ -19,11 +19,6 @@ from typing import Any
 
 import aiohttp
 
-from sagesched.scheduling import HistoryEstimator, Scheduler
-from sagesched.scheduling.config import SchedulerConfig
-from sagesched.scheduling.priority import LOWER_FIRST
-from sagesched.state.history import CompletionRecord, HistoryStore, InProcessHistoryStore
-
 from sagesched.router.continuation import Progress, continuation_of, why_not_preemptible
 from sagesched.router.dispatch import Dispatcher
 from sagesched.router.errors import RouterError, resume_refused, unknown_model
@@ -34,6 +29,10 @@ from sagesched.router.proxy import Upstream
 from sagesched.router.request import LiveRequest
 from sagesched.router.settings import RouterSettings
 from sagesched.router.sync import StoreSync
+from sagesched.scheduling import HistoryEstimator, Scheduler
+from sagesched.scheduling.config import SchedulerConfig
+from sagesched.scheduling.priority import LOWER_FIRST
+from sagesched.state.history import CompletionRecord, HistoryStore, InProcessHistoryStore
 
 log = logging.getLogger(__name__)
 # what a pod's broken or silent stream raises while it is read (Upstream.open converts them to RouterErrors)
@@ -317,7 +316,8 @@ class Router:
 
 def _predictor_record(record: CompletionRecord):
     """The history record in the predictor's own type (what its client reports)."""
-    from sagesched.predictor.types import CompletionRecord as PredictorRecord, PredictQuery
+    from sagesched.predictor.types import CompletionRecord as PredictorRecord
+    from sagesched.predictor.types import PredictQuery
 
     query = PredictQuery(model=record.model, prompt=record.prompt, prompt_tokens=record.prompt_tokens,
                          max_tokens=record.max_tokens, request_id=record.request_id)

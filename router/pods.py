@@ -20,13 +20,12 @@ import aiohttp
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
 from sagesched.engines import parse_metrics
+from sagesched.router.metrics import RouterMetrics
+from sagesched.router.settings import Backend, RouterSettings
 from sagesched.scheduling.ledger import Ledger, LedgerMark, PodLedger
 from sagesched.scheduling.types import PodView, SchedRequest
 from sagesched.state.pod_store import PodSnapshotStore
 from sagesched.state.snapshot import PodSnapshot
-
-from sagesched.router.metrics import RouterMetrics
-from sagesched.router.settings import Backend, RouterSettings
 
 log = logging.getLogger(__name__)
 

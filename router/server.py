@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from sagesched.http_serve import serve_app
-
 from sagesched.router.http import build_app
 from sagesched.router.pipeline import Router
 from sagesched.router.settings import RouterSettings

@@ -13,15 +13,14 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from sagesched.router.errors import RouterError, no_pods
+from sagesched.router.gateway.placement import GatewayPlacement
+from sagesched.router.gateway.protocol import PRIORITY_HEADER, GatewayError, GatewayRequest, NoEndpoint
+from sagesched.router.gateway.usage import ResponseMeter
 from sagesched.router.parse import parse_request
 from sagesched.router.pipeline import Router
 from sagesched.router.pods import PodEntry
 from sagesched.router.proxy import upstream_body
 from sagesched.router.request import Api, LiveRequest
-
-from sagesched.router.gateway.placement import GatewayPlacement
-from sagesched.router.gateway.protocol import PRIORITY_HEADER, GatewayError, GatewayRequest, NoEndpoint
-from sagesched.router.gateway.usage import ResponseMeter
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ import logging
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-from sagesched.router.pipeline import Router
-
 from sagesched.router.gateway.backend import RouterBackend
 from sagesched.router.gateway.protocol import EXT_PROC_SERVICE
 from sagesched.router.gateway.servicer import EndpointPicker, GatewaySettings
+from sagesched.router.pipeline import Router
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,19 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sagesched.emulator.metrics import PodMetrics
+from sagesched.emulator.protocol import (
+    APIError,
+    ParsedRequest,
+    ResponseShape,
+    check_context,
+    models_body,
+    parse_request,
+    usage,
+)
+from sagesched.emulator.text import generated_text, token_text
 from sagesched.engine import DEFAULT_PROFILE, Engine, EngineRequest, StepOutcome, load_profile
 from sagesched.http_serve import serve_app
-
-from sagesched.emulator.metrics import PodMetrics
-from sagesched.emulator.protocol import APIError, ParsedRequest, ResponseShape, check_context, models_body, parse_request, usage
-from sagesched.emulator.text import generated_text, token_text
 
 
 @dataclass(frozen=True)

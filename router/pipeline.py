@@ -167,12 +167,10 @@ class Router:
                 resp = await stack.enter_async_context(self.upstream.open(req, pod, self.engine_priority(req)))
             except RouterError as err:
                 self.pods.record_failure(pod, unreachable=err.kind == "upstream_connection")
-                last = attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
-                if err.kind != "upstream_connection" or last:
+                if err.kind != "upstream_connection" or self._last_attempt(req, attempt):
                     raise
             else:
-                last = attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
-                if resp.status < 500 or last:
+                if resp.status < 500 or self._last_attempt(req, attempt):
                     break
                 self.pods.record_failure(pod, unreachable=False)
                 await stack.aclose()
@@ -189,6 +187,10 @@ class Router:
             raise
         if resp.status < 500 and pod.name not in req.failed_pods:
             self.pods.record_success(pod)
+
+    def _last_attempt(self, req: LiveRequest, attempt: int) -> bool:
+        """No retry after this one: the retries are spent, or no pod is left to serve the model."""
+        return attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
 
     async def relay(self, req: LiveRequest, resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
         """The client's one stream, in runs of SSE events (one run per read from a pod): the first

@@ -39,11 +39,16 @@ class PrefixIndex:
     def __init__(self) -> None:
         self._held: dict[str, OrderedDict[int, None]] = {}
         self._holders: dict[int, set[str]] = {}
+        # the last request's matched depths, valid until the next `record`: one placement asks for
+        # them up to three times (admission gates, the scorer, the chosen pod's load)
+        self._records = 0
+        self._last: tuple[SchedRequest, int, dict[str, int]] | None = None
 
     def record(self, req: SchedRequest, pod: PodView) -> None:
         """`req` went to `pod`: its prompt's blocks are now in that pod's cache (until it fills up)."""
         if not req.prefix_blocks:
             return
+        self._records += 1
         held = self._held.setdefault(pod.name, OrderedDict())
         for h in reversed(req.prefix_blocks):  # head blocks most recent: tails go first, as in the engine
             if h in held:
@@ -66,12 +71,22 @@ class PrefixIndex:
         blocks = req.prefix_blocks
         if not blocks:
             return [0.0] * len(pods)
+        matched = self._matched(req)
+        return [matched.get(p.name, 0) / len(blocks) for p in pods]
+
+    def _matched(self, req: SchedRequest) -> dict[str, int]:
+        """Per pod, how many of the request's leading blocks it holds (walked once per request and
+        index state)."""
+        last = self._last
+        if last is not None and last[0] is req and last[1] == self._records:
+            return last[2]
         matched: dict[str, int] = {}
-        for depth, h in enumerate(blocks):
+        for depth, h in enumerate(req.prefix_blocks):
             holders = self._holders.get(h)
             if not holders:
                 break
             for name in holders:
                 if matched.get(name, 0) == depth:  # held every block before this one too
                     matched[name] = depth + 1
-        return [matched.get(p.name, 0) / len(blocks) for p in pods]
+        self._last = (req, self._records, matched)
+        return matched

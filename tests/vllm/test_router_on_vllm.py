@@ -14,6 +14,7 @@ import pytest
 
 from sagesched.engines import vllm
 from sagesched.router.settings import Backend
+from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS
 
 from tests.vllm.conftest import BLOCK_SIZE, KV_BLOCKS, MAX_MODEL_LEN, MODEL, VllmServer, engine_metrics, eventually
 
@@ -144,11 +145,14 @@ async def test_a_preempted_chat_stream_resumes_from_the_prefix_cache_as_one_stre
     more short requests arrive than the engine buffer holds, and the policy stops the long one. vLLM
     aborts it (the router closed the connection) and later takes its continuation (the partial answer
     as a final assistant message, continue_final_message): the prefix cache still holds the first run's
-    blocks, and the client reads one stream with the whole answer."""
+    blocks, and the client reads one stream with the whole answer. The answer is four refresh buckets
+    long: the policy may stop it at the shorts' arrival or at a later refresh, and a loaded machine can
+    deliver the shorts a bucket late; a decision at the last refresh would meet the finished stream."""
     client = client_for(router)
     prompt = [{"role": "user", "content": " ".join(["write a long story about a cat"] * 30)}]
     hits_before = _metric_sum(await engine_metrics(vllm_priority), vllm.PREFIX_CACHE_HITS + "_total")
-    long = await client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=300, stream=True,
+    answer = 4 * DEFAULT_BUCKET_TOKENS
+    long = await client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=answer, stream=True,
                                                 stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
     ids, finish, usage, pieces, shorts = set(), [], None, 0, []
     async for chunk in long:
@@ -157,11 +161,11 @@ async def test_a_preempted_chat_stream_resumes_from_the_prefix_cache_as_one_stre
         for choice in chunk.choices:
             pieces += 1
             finish += [choice.finish_reason] if choice.finish_reason else []
-        if pieces == 120:
+        if pieces == DEFAULT_BUCKET_TOKENS + 20:
             shorts = [asyncio.create_task(client.chat.completions.create(
                 model=MODEL, messages=CHAT, max_tokens=4, extra_body={"ignore_eos": True})) for _ in range(6)]
     assert [r.usage.completion_tokens for r in await asyncio.gather(*shorts)] == [4] * 6
-    assert len(ids) == 1 and finish == ["length"] and usage.completion_tokens == 300
+    assert len(ids) == 1 and finish == ["length"] and usage.completion_tokens == answer
     assert await router_metric(router, 'sagesched_preemptions_total{pod=') >= 1
     assert await router_metric(router, 'sagesched_resumes_total{pod=') >= 1
     hits = _metric_sum(await engine_metrics(vllm_priority), vllm.PREFIX_CACHE_HITS + "_total") - hits_before

@@ -75,17 +75,19 @@ def capped_moments(
     if shape is None:
         if len(_shapes) > _SHAPE_CACHE_LIMIT:
             _shapes.clear()
-        shape = _shapes[key] = _capped_shape(lo, hi, cap)
+        shape = _shapes[key] = capped_shape(lo, hi, cap)
     return p, *shape
 
 
-def _capped_shape(lo: np.ndarray, hi: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def capped_shape(lo: np.ndarray, hi: np.ndarray, cap: int | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`capped_moments`' per-bin part from the bins' bounds; elementwise, so `lo`, `hi` and `cap`
+    may be stacked rows (one per conditioning, scheduling/outstanding.py)."""
     n = (hi - lo + 1).astype(np.float64)
     below_hi = np.minimum(hi, cap)
     s1, s2 = _sum_powers(lo, below_hi)
     above = np.maximum(hi - np.maximum(below_hi, lo - 1), 0).astype(np.float64)
     m1 = (s1 + above * cap) / n
-    m2 = (s2 + above * float(cap) ** 2) / n
+    m2 = (s2 + above * np.square(np.asarray(cap, dtype=np.float64))) / n
     shape = m1, m2, np.minimum(hi, cap).astype(np.float64)
     for a in shape:
         a.setflags(write=False)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import ClientResponse, web
+from aiohttp import web
 
 from sagesched.router.errors import RouterError, internal_error, pod_failed
 from sagesched.router.parse import parse_body, parse_request
 from sagesched.router.pipeline import Router
 from sagesched.router.request import Api, LiveRequest
+from sagesched.router.upstream_http import PodResponse
 
 ROUTER_KEY = web.AppKey("router", Router)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -150,7 +151,7 @@ async def _serve(request: web.Request, router: Router, req: LiveRequest) -> web.
     return out
 
 
-def _pod_headers(req: LiveRequest, resp: ClientResponse) -> dict[str, str]:
+def _pod_headers(req: LiveRequest, resp: PodResponse) -> dict[str, str]:
     """A pod's whole answer goes back with its own content type (its errors are not always JSON)
     and the id the client knows the request by."""
     return {"Content-Type": resp.headers.get("Content-Type", "application/octet-stream"),

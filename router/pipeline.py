@@ -17,8 +17,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 
-import aiohttp
-
 from sagesched.router.continuation import Progress, continuation_of, why_not_preemptible
 from sagesched.router.dispatch import Dispatcher
 from sagesched.router.errors import RouterError, resume_refused, unknown_model
@@ -29,6 +27,7 @@ from sagesched.router.proxy import Upstream
 from sagesched.router.request import LiveRequest
 from sagesched.router.settings import RouterSettings
 from sagesched.router.sync import StoreSync
+from sagesched.router.upstream_http import PodConnectionError, PodResponse
 from sagesched.scheduling import HistoryEstimator, Scheduler
 from sagesched.scheduling.config import SchedulerConfig
 from sagesched.scheduling.priority import LOWER_FIRST
@@ -36,7 +35,7 @@ from sagesched.state.history import CompletionRecord, HistoryStore, InProcessHis
 
 log = logging.getLogger(__name__)
 # what a pod's broken or silent stream raises while it is read (Upstream.open converts them to RouterErrors)
-UPSTREAM_FAULTS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
+UPSTREAM_FAULTS = (PodConnectionError, TimeoutError)
 
 # Completion records being written at once; beyond this the history store is not keeping up (or is
 # down and timing out) and further records are dropped and counted instead of held in memory.
@@ -138,7 +137,7 @@ class Router:
             self.release(req)
 
     @asynccontextmanager
-    async def open(self, req: LiveRequest) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def open(self, req: LiveRequest) -> AsyncIterator[PodResponse]:
         """`serve`, then connect to the pod (`_connect`): yields its response, headers read. A
         preemptive policy may stop a stream and resume it later (`relay`): such requests are marked
         here, where streams start."""
@@ -155,7 +154,7 @@ class Router:
             self.metrics.unpreemptible.labels(reason).inc()
 
     @asynccontextmanager
-    async def _connect(self, req: LiveRequest, pod: PodEntry) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _connect(self, req: LiveRequest, pod: PodEntry) -> AsyncIterator[PodResponse]:
         """The pod's response to `req`. A pod that fails before answering — the connection fails or
         it answers 5xx — counts against its health and, since the client has received nothing from
         this run yet, the request goes back to the queue for the policy to place again (up to
@@ -192,7 +191,7 @@ class Router:
         """No retry after this one: the retries are spent, or no pod is left to serve the model."""
         return attempt == self.settings.upstream_retries or not self.dispatcher.has_pod(req.model)
 
-    async def relay(self, req: LiveRequest, resp: aiohttp.ClientResponse) -> AsyncIterator[list[bytes]]:
+    async def relay(self, req: LiveRequest, resp: PodResponse) -> AsyncIterator[list[bytes]]:
         """The client's one stream, in runs of SSE events (one run per read from a pod): the first
         run's, then, each time the request leaves its pod unfinished — the scheduler preempted it, or
         the pod died or went silent under it (`_fail_over`) — its continuation's."""
@@ -234,7 +233,7 @@ class Router:
         return True
 
     @asynccontextmanager
-    async def _resume(self, req: LiveRequest) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _resume(self, req: LiveRequest) -> AsyncIterator[PodResponse]:
         """`req`'s continuation, once the policy dispatches it again: the pod's response."""
         assert req.progress is not None and req.sched is not None
         req.continuation = continuation_of(req, req.progress, req.output_tokens)

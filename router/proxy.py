@@ -1,6 +1,6 @@
 """Stage 5, stream: send the request to its pod and relay the answer, counting tokens on the way.
 
-One pooled `aiohttp.ClientSession` for all pods. Streaming responses are relayed event by event
+One pool of keep-alive connections for all pods (`router.upstream_http`). Streaming responses are relayed event by event
 (SSE passthrough); each content event counts as one generated token, which is the attained service
 the scheduler conditions on. The pod's own `usage` report is asked for (`stream_options.
 include_usage`) and replaces the count at the end; it is forwarded only if the client asked for it.
@@ -17,13 +17,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import aiohttp
-
 from sagesched.router.continuation import ROLE as _ROLE  # a chat stream's opening chunk: no token yet
 from sagesched.router.errors import upstream_connection_error, upstream_timeout
 from sagesched.router.pods import PodEntry
 from sagesched.router.request import LiveRequest
 from sagesched.router.settings import RouterSettings
+from sagesched.router.upstream_http import PodConnectionError, PodPool, PodResponse
 
 _FINISH = re.compile(rb'"finish_reason":\s*"([a-z_]+)"')
 _USAGE = re.compile(rb'"usage":\s*\{')
@@ -83,63 +82,52 @@ def split_events(buf: bytes) -> tuple[list[bytes], bytes]:
 class Upstream:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
-        self._session: aiohttp.ClientSession | None = None
-        s = settings
-        # Streams also get an idle bound per read (`open`); built once, not per request.
-        self._stream_timeout = aiohttp.ClientTimeout(total=s.upstream_timeout_s, sock_connect=s.connect_timeout_s,
-                                                     sock_read=s.idle_timeout_s)
+        self._pool: PodPool | None = None
 
     async def start(self) -> None:
         wanted = 2 * self.settings.max_upstream_connections  # a held stream: its client's socket and its pod's
         if (limit := raise_fd_limit(wanted)) < wanted:
             log.warning("open files limited to %d (hard limit): about %d concurrent streams", limit, limit // 2)
-        connector = aiohttp.TCPConnector(limit=self.settings.max_upstream_connections, limit_per_host=0,
-                                         keepalive_timeout=60)
-        timeout = aiohttp.ClientTimeout(total=self.settings.upstream_timeout_s,
-                                        sock_connect=self.settings.connect_timeout_s)
-        # The router adds no compression and no cookies; bodies go through as they are.
-        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                              cookie_jar=aiohttp.DummyCookieJar())
+        self._pool = PodPool(limit=self.settings.max_upstream_connections,
+                             connect_timeout_s=self.settings.connect_timeout_s)
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     @asynccontextmanager
     async def open(self, req: LiveRequest, pod: PodEntry, engine_priority: int | None
-                   ) -> AsyncIterator[aiohttp.ClientResponse]:
+                   ) -> AsyncIterator[PodResponse]:
         """The pod's response (headers read, body not yet). Leaving the block early closes the
         connection, which is how an engine learns the client went away and aborts the request.
 
         Raises `upstream_error` (502: the pod could not be reached or dropped the connection, the
         request may be retried elsewhere) or `upstream_timeout` (504: it accepted but did not answer).
-        Streams get a first-byte bound and an idle bound (`sock_read`, per read) so a hung pod fails
-        the request; unary answers come only when the engine is done, so they are bounded by the
-        pod's own signs of life (`_unless_hung`) and the total."""
-        assert self._session is not None
+        Streams get a first-byte bound and an idle bound per read so a hung pod fails the request;
+        unary answers come only when the engine is done, so they are bounded by the pod's own signs
+        of life (`_unless_hung`) and the total."""
+        assert self._pool is not None
         s = self.settings
-        options: dict[str, Any] = {"timeout": self._stream_timeout} if req.stream else {}
+        post = self._pool.post(pod.base_url, req.api.path, upstream_headers(req, pod),
+                               upstream_body(req, pod, engine_priority), total_s=s.upstream_timeout_s,
+                               first_byte_s=s.first_byte_timeout_s if req.stream else None,
+                               idle_s=s.idle_timeout_s if req.stream else None)
         try:
-            async with asyncio.timeout(s.first_byte_timeout_s if req.stream else None):
-                post = self._session.post(f"{pod.base_url}{req.api.path}", headers=upstream_headers(req, pod),
-                                          json=upstream_body(req, pod, engine_priority), **options)
-                resp = await (post if req.stream else self._unless_hung(pod, post))
-        except aiohttp.ConnectionTimeoutError as exc:  # never connected: as gone as a refusal, so retried
-            raise upstream_connection_error(f"pod {pod.name} failed: {exc.__class__.__name__}: {exc}") from None
+            resp = await (post if req.stream else self._unless_hung(pod, post))
         except TimeoutError:
             raise upstream_timeout(f"pod {pod.name} sent no response within the timeout") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise upstream_connection_error(f"pod {pod.name} failed: {exc.__class__.__name__}: {exc}") from None
+        except PodConnectionError as exc:  # never connected (refused, timed out) or dropped: retried
+            raise upstream_connection_error(f"pod {pod.name} failed: {exc}") from None
         try:
             yield resp
-        except TimeoutError:  # sock_read or total: the pod went silent mid-answer
+        except TimeoutError:  # idle or total: the pod went silent mid-answer
             raise upstream_timeout(f"pod {pod.name} went silent mid-answer") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise upstream_connection_error(f"pod {pod.name} failed: {exc.__class__.__name__}: {exc}") from None
+        except PodConnectionError as exc:
+            raise upstream_connection_error(f"pod {pod.name} failed: {exc}") from None
         finally:
             resp.release()  # back to the pool when fully read, otherwise the connection is closed
 
-    async def unary(self, req: LiveRequest, resp: aiohttp.ClientResponse) -> bytes:
+    async def unary(self, req: LiveRequest, resp: PodResponse) -> bytes:
         """A non-streaming answer: its body, with usage and finish reason taken into `req`."""
         assert req.pod is not None
         raw = await self._unless_hung(req.pod, resp.read())
@@ -174,7 +162,7 @@ class Upstream:
         except (ValueError, AttributeError, IndexError, TypeError):
             req.finish_reason = "error"
 
-    async def runs(self, req: LiveRequest, resp: aiohttp.ClientResponse, now: Callable[[], float],
+    async def runs(self, req: LiveRequest, resp: PodResponse, now: Callable[[], float],
                     on_token: Callable[[], None]) -> AsyncIterator[list[bytes]]:
         """Per read from the pod: the complete SSE events in it (each ending in a blank line) that
         the client gets, in order. A preempted request's run ends after the read that follows the
@@ -184,7 +172,7 @@ class Upstream:
         together reach the scheduler together, so a burst costs one progress report, not one each."""
         buf = b""
         rewrite = req.continuation.rewrite if req.continuation else None
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.chunks():
             events, buf = split_events(buf + chunk if buf else chunk)
             if run := self.accounted(req, events, rewrite, now, on_token):
                 yield run

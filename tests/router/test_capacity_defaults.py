@@ -16,8 +16,7 @@ async def test_the_default_pod_connection_pool_holds_5000_streams():
     upstream = Upstream(RouterSettings())
     await upstream.start()
     try:
-        assert upstream._session is not None and upstream._session.connector is not None
-        assert upstream._session.connector.limit >= STREAMS
+        assert upstream._pool is not None and upstream._pool.limit >= STREAMS
     finally:
         await upstream.stop()
 

@@ -83,20 +83,31 @@ class _LadderMoments:
 
     def __init__(self, dist: LengthDistribution, cap: int) -> None:
         self.dist = dist  # held so its id cannot be reused while the table is cached
-        steps = np.asarray(_STEPS[: bisect.bisect_left(_STEPS, cap)], dtype=np.int64)  # s + 1 <= cap
-        g, probs = dist.grid, dist.probs
-        same = (steps <= 0) | (steps + 1 <= dist.floor)  # conditioning returns the distribution itself
-        floors = np.where(same, dist.floor, np.minimum(steps + 1, g.max_length))
-        cut = g.bin_of(floors)  # the bin each floor cuts; those below it are gone
-        rows = np.where(same[:, None], probs, probs / probs.sum())
-        p = np.where(np.arange(g.num_bins) >= cut[:, None], rows, 0.0)
+        same, kept, m1, m2 = _ladder_shape(dist.grid, dist.floor, cap)
+        probs = dist.probs
+        p = np.where(kept, np.where(same[:, None], probs, probs / probs.sum()), 0.0)
         total = p.sum(axis=1)
         p = p / np.where(total > 0, total, 1.0)[:, None]
-        m1, m2 = (np.repeat(m[None, :], len(steps), axis=0) for m in _unconditioned_shape(g, cap))
-        at = np.arange(len(steps)), cut
-        m1[at], m2[at], _ = capped_shape(floors, g.hi[cut], cap)
         self.m1 = np.where(total > 0, np.matmul(p[:, None, :], m1[:, :, None])[:, 0, 0], np.nan).tolist()
         self.m2 = np.matmul(p[:, None, :], m2[:, :, None])[:, 0, 0].tolist()
+
+
+@lru_cache(maxsize=512)  # ~20 KB each: one per (floor, max_tokens) in use
+def _ladder_shape(g: LengthGrid, floor: int, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What a ladder table takes from (grid, floor, cap) alone, shared by every distribution with
+    them: per step s < cap, whether conditioning on L > s leaves the distribution as it is, which
+    bins it keeps, and the per-bin capped moments (the unconditioned ones, the cut bin's replaced)."""
+    steps = np.asarray(_STEPS[: bisect.bisect_left(_STEPS, cap)], dtype=np.int64)  # s + 1 <= cap
+    same = (steps <= 0) | (steps + 1 <= floor)  # conditioning returns the distribution itself
+    floors = np.where(same, floor, np.minimum(steps + 1, g.max_length))
+    cut = g.bin_of(floors)  # the bin each floor cuts; those below it are gone
+    kept = np.arange(g.num_bins) >= cut[:, None]
+    m1, m2 = (np.repeat(m[None, :], len(steps), axis=0) for m in _unconditioned_shape(g, cap))
+    at = np.arange(len(steps)), cut
+    m1[at], m2[at], _ = capped_shape(floors, g.hi[cut], cap)
+    for a in (same, kept, m1, m2):
+        a.setflags(write=False)
+    return same, kept, m1, m2
 
 
 @lru_cache(maxsize=256)

@@ -10,6 +10,7 @@ conditioning below is exact under that assumption.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -27,6 +28,7 @@ class LengthGrid:
     num_bins: int = DEFAULT_NUM_BINS
     max_length: int = DEFAULT_MAX_LENGTH
     edges: np.ndarray = field(init=False, repr=False, compare=False)
+    _edge_list: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.num_bins < 1 or self.max_length < self.num_bins:
@@ -39,6 +41,7 @@ class LengthGrid:
         edges[-1] = max(edges[-1], self.max_length + 1)
         edges.setflags(write=False)
         object.__setattr__(self, "edges", edges)
+        object.__setattr__(self, "_edge_list", tuple(edges.tolist()))
 
     @property
     def lo(self) -> np.ndarray:
@@ -54,6 +57,10 @@ class LengthGrid:
         """Bin index of each length; lengths outside [1, max_length] go to the end bins."""
         clipped = np.clip(np.asarray(lengths), 1, self.max_length)
         return np.searchsorted(self.edges, clipped, side="right") - 1
+
+    def bin_of_one(self, length: int) -> int:
+        """`bin_of` for one length, without numpy's per-call cost (learners ask once per completion)."""
+        return bisect.bisect_right(self._edge_list, min(max(length, 1), self.max_length)) - 1
 
 
 @lru_cache(maxsize=8)

@@ -8,16 +8,35 @@ and a bucket's own shape takes over as its evidence grows.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sagesched.distribution import LengthDistribution, LengthGrid, grid
 
+# A cached prediction is built again once its bucket's or its model's evidence has grown by this share
+# since it was built (by one observation while there are fewer than 1/REFRESH_SHARE of them). Built
+# anew at every completion, every request got a distribution object of its own, and the work keyed on
+# one (the ladder of remaining-length moments, scheduling/outstanding.py) was redone per request; one
+# more observation among hundreds moves the distribution by well under a percent.
+REFRESH_SHARE = 1 / 64
+
 
 def prompt_bucket(prompt_tokens: int) -> int:
     """Half-octave buckets of prompt length: 0 for ≤1 token, then every factor √2."""
-    return int(2 * np.log2(max(prompt_tokens, 1)))
+    return int(2 * math.log2(max(prompt_tokens, 1)))
+
+
+def _grown(now: int, then: int) -> bool:
+    return now - then >= max(1.0, then * REFRESH_SHARE)
+
+
+@dataclass
+class _Prediction:
+    dist: LengthDistribution
+    bucket_seen: int  # the bucket's and the model's observations when it was built
+    model_seen: int
 
 
 @dataclass
@@ -27,16 +46,17 @@ class HistoryEstimator:
     model_prior: float = 2.0  # pseudo-counts of uniform inside the model-wide shape
     _counts: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     _model_counts: dict[str, np.ndarray] = field(default_factory=dict)
-    _cache: dict[tuple[str, int], LengthDistribution] = field(default_factory=dict)
+    _seen: dict[tuple[str, int] | str, int] = field(default_factory=dict)  # observations per bucket and per model
+    _cache: dict[tuple[str, int], _Prediction] = field(default_factory=dict)
 
     def observe(self, model: str, prompt_tokens: int, output_tokens: int) -> None:
         """Record one completed request (only completions: they are the lengths we know)."""
-        b = int(self.grid.bin_of(output_tokens))
+        b = self.grid.bin_of_one(output_tokens)
         for key, table in (((model, prompt_bucket(prompt_tokens)), self._counts), (model, self._model_counts)):
             if key not in table:
                 table[key] = np.zeros(self.grid.num_bins)
             table[key][b] += 1.0
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != model}
+            self._seen[key] = self._seen.get(key, 0) + 1
 
     def fit(self, model: str, prompts: np.ndarray, outputs: np.ndarray) -> None:
         for p, o in zip(np.asarray(prompts).tolist(), np.asarray(outputs).tolist()):
@@ -48,11 +68,13 @@ class HistoryEstimator:
         return (counts + self.model_prior * uniform) / (counts.sum() + self.model_prior)
 
     def predict(self, model: str, prompt_tokens: int) -> LengthDistribution:
-        """The distribution for a new request; the same object until new history arrives (so
-        callers may cache work keyed on it)."""
+        """The distribution for a new request; the same object until enough new history arrives
+        (`REFRESH_SHARE`), so callers may cache work keyed on it."""
         key = (model, prompt_bucket(prompt_tokens))
-        if key not in self._cache:
+        bucket_seen, model_seen = self._seen.get(key, 0), self._seen.get(model, 0)
+        cached = self._cache.get(key)
+        if cached is None or _grown(bucket_seen, cached.bucket_seen) or _grown(model_seen, cached.model_seen):
             counts = self._counts.get(key, np.zeros(self.grid.num_bins))
             probs = counts + self.bucket_prior * self._model_shape(model)
-            self._cache[key] = LengthDistribution(probs, self.grid)
-        return self._cache[key]
+            cached = self._cache[key] = _Prediction(LengthDistribution(probs, self.grid), bucket_seen, model_seen)
+        return cached.dist

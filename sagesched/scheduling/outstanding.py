@@ -121,10 +121,11 @@ _tables: dict[tuple[int, int], _LadderMoments] = {}
 
 def _length_moments(dist: LengthDistribution, cap: int, s: int) -> tuple[float, float]:
     """E[L], E[L²] given L > s, capped: from the distribution's ladder table when it has the step,
-    else computed alone (step 0, the dispatch's, which is all a policy that tracks no progress asks;
-    point distributions; a floor beyond all mass; a step at or above the cap)."""
+    else computed alone (point distributions, a floor beyond all mass, a step at or above the cap).
+    The history estimator shares one distribution among the requests of a prompt bucket, so even a
+    policy that asks only at dispatch (step 0) builds a table per distribution, not per request."""
     row = _ROW.get(s)
-    if row and type(dist) is LengthDistribution:  # not at step 0: policies that track no progress ask only there
+    if row is not None and type(dist) is LengthDistribution:
         key = (id(dist), cap)
         table = _tables.get(key)
         if table is None:

@@ -192,6 +192,28 @@ def test_history_estimator_learns_the_bucket_shape() -> None:
     assert est.predict("m", 100) is learned  # same object until new evidence
 
 
+def test_history_predictions_are_rebuilt_once_evidence_grows_by_a_64th() -> None:
+    """Each observation counts while there are few; among many, the cached prediction (and the work
+    keyed on its object) is kept until its bucket's or its model's evidence grew by 1/64."""
+    est = HistoryEstimator()
+    for n in range(10):
+        before = est.predict("m", 100)
+        est.observe("m", 100, 30)
+        assert est.predict("m", 100) is not before, n  # few observations: every one changes it
+    for _ in range(630):
+        est.observe("m", 100, 30)
+    held = est.predict("m", 100)
+    for _ in range(9):  # 640 seen: 10 more rebuild it
+        est.observe("m", 100, 3000)
+    assert est.predict("m", 100) is held
+    est.observe("m", 100, 3000)
+    rebuilt = est.predict("m", 100)
+    assert rebuilt is not held and rebuilt.cdf(40) < held.cdf(40)
+    for _ in range(20):  # another bucket of the same model: the model-wide shape grows too
+        est.observe("m", 5000, 30)
+    assert est.predict("m", 100) is not rebuilt
+
+
 def test_the_default_picker_prefers_free_kv_counting_prompts_not_yet_taken_in() -> None:
     sched = Scheduler("sjf-mean", Admission(prefill_tokens=0, engine_buffer=4))
     busy = sched.view("busy", ("m",), PROFILE, kv_usage=0.5)

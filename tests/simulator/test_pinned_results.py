@@ -27,10 +27,10 @@ PINNED = {  # (policy, prompt tokens a pod may have waiting for prefill; 0: no p
     ("fcfs", 0): "51018f4d3cf0d7213971e937",
     ("fcfs:memgate", 0): "2346cb72f209a91e1cfebae3",
     ("sagesched", 0): "7de863ca1243c11d1a51a02a",
-    ("trail", 0): "80ed2010684a72e935c6eb1f",
+    ("trail", 0): "2870ff356d6c3c9affc33132",  # re-pinned: history predictions rebuilt per 1/64 more evidence
     ("fastserve", 0): "51018f4d3cf0d7213971e937",
     ("oracle", 0): "316ac1af100242e7785ed475",
-    ("sagesched", 1024): "3387af9138af185f0dca9936",
+    ("sagesched", 1024): "c59892f052c81dcef6a9b7f2",  # re-pinned: as trail
     ("fcfs", 1024): "e47f15e42ccd4c069ad04091",
 }
 

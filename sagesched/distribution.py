@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -192,12 +192,12 @@ class LengthDistribution:
         return p, mean, sq
 
     # --- summaries ------------------------------------------------------------------------------
-    @property
+    @cached_property  # immutable (the probabilities are read-only), and asked per request and per rank
     def mean(self) -> float:
         p, m, _ = self.bin_moments()
         return float(p @ m)
 
-    @property
+    @cached_property
     def second_moment(self) -> float:
         p, _, sq = self.bin_moments()
         return float(p @ sq)

@@ -54,7 +54,7 @@ def _sum_powers(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return s1, sq(hi) - sq(lo - 1)
 
 
-_SHAPE_CACHE_LIMIT = 200_000
+_SHAPE_CACHE_LIMIT = 20_000  # ~2 KB each: a long-running router conditions on many (floor, cap) pairs
 _shapes: dict[tuple[type, LengthGrid, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 

@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from sagesched.scheduling.plugins import PluginClock
 
+
 class _KnownChildren:
     """`labels()` answered from the children asked for before: prometheus_client checks, converts and
     locks on every call (about 3 µs), and a request asks up to 19 times on its way through the router

@@ -24,7 +24,7 @@ from sagesched.router.metrics import RouterMetrics
 from sagesched.router.settings import Backend, RouterSettings
 from sagesched.scheduling.ledger import Ledger, LedgerMark, PodLedger
 from sagesched.scheduling.types import PodView, SchedRequest
-from sagesched.state.pod_store import PodSnapshotStore
+from sagesched.state.pod_store import PodSnapshotStore, raise_if_cancelled
 from sagesched.state.snapshot import PodSnapshot
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,7 @@ class PodSet:
                     self._store_down_since = time.time()
                     log.warning("pod store read failed, serving the last pod view: %s", exc.__class__.__name__)
             self.on_change()
+            raise_if_cancelled()
             await asyncio.sleep(self.settings.scrape_interval_s)
 
     def _apply_snapshots(self, snapshots: list[PodSnapshot]) -> None:

@@ -14,7 +14,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from sagesched.scheduling.config import SchedulerConfig
-from sagesched.state.pod_store import PodSnapshotStore
+from sagesched.state.pod_store import PodSnapshotStore, raise_if_cancelled
 
 if TYPE_CHECKING:
     from sagesched.router.pipeline import Router
@@ -42,6 +42,7 @@ class StoreSync:
                 raise
             except Exception as exc:  # the store is down: keep the last counts and configuration
                 log.debug("store sync failed: %s", exc.__class__.__name__)
+            raise_if_cancelled()
             await asyncio.sleep(self.interval)
 
     async def once(self) -> None:

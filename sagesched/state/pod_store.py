@@ -29,6 +29,7 @@ readers ignore members whose score is in the past, and writers trim them (ZREMRA
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import time
 from collections.abc import Iterable
@@ -44,6 +45,16 @@ def policy_key(namespace: str, policy: str) -> str:
 
 def snapshot_policy_key(snapshot: PodSnapshot) -> str:
     return policy_key(snapshot.namespace, snapshot.policy)
+
+
+def raise_if_cancelled() -> None:
+    """Raise the current task's pending cancellation, if any. redis-py (8.1) can consume a
+    cancellation that lands inside a command and return the command's result: a loop over a store
+    that then waits again never stops (seen as `PodSet.stop()` hanging on its store loop, about once
+    in 150 start/stop cycles). Loops over a store call this before they wait again."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class PodSnapshotStore(abc.ABC):
@@ -163,11 +174,15 @@ class InProcessPodStore(PodSnapshotStore):
 class RedisPodStore(PodSnapshotStore):
     """Snapshots in Redis (layout in the module docstring), via redis.asyncio."""
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, client=None) -> None:
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, client=None, timeout_s: float = 2.0) -> None:
         import redis.asyncio as aioredis
 
         self.prefix = prefix
-        self._redis = client if client is not None else aioredis.Redis.from_url(url)
+        # Bounded socket waits: a Redis that accepts but stalls (a partition drops packets, no reset
+        # comes) must fail the router's sync round and the operator's publish, which retry on their
+        # next round, instead of hanging them until TCP gives up (hours).
+        self._redis = client if client is not None else aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     # Key builders, public so that other readers (dashboards, debugging) can share them.
     def pod_key(self, policy: str, name: str) -> str:

@@ -5,6 +5,7 @@ import asyncio
 import time
 
 import pytest
+import redis.exceptions
 
 from sagesched.state.pod_store import InProcessPodStore, RedisPodStore
 from sagesched.state.snapshot import PodSnapshot
@@ -98,3 +99,29 @@ async def test_inflight_counts_sum_the_other_live_routers_reports(store):
     await asyncio.sleep(0.1)
     assert await store.inflight(exclude="r1") == {"a": 1}
     assert await store.inflight(exclude="r2") == {"a": 2, "b": 1}
+
+
+async def test_a_redis_that_accepts_but_never_answers_fails_calls_within_the_timeout():
+    """A partitioned Redis: the connection opens, nothing comes back. Every store call must fail
+    within its socket timeout (the router's sync loop and the operator retry next round), not hang."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read what comes, answer nothing
+        while await reader.read(4096):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisPodStore(f"redis://127.0.0.1:{port}/0", timeout_s=0.3)
+    try:
+        for call in (store.inflight(exclude="me"), store.publish_inflight("me", {"pod-a": 1}, 5.0)):
+            t0 = time.monotonic()
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await asyncio.wait_for(call, 10)  # the bound on the test, not the behaviour under test
+            assert time.monotonic() - t0 < 5
+    finally:
+        await store.close()
+        for writer in held:
+            writer.close()
+        server.close()

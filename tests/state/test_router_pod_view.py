@@ -2,6 +2,7 @@
 with the engines' scheduling mode, under the operator's key prefix."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 from sagesched.distribution import LengthDistribution
@@ -11,7 +12,7 @@ from sagesched.router.server import RouterServer
 from sagesched.router.settings import RouterSettings
 from sagesched.scheduling import SchedRequest
 from sagesched.scheduling.ledger import Ledger
-from sagesched.state.pod_store import RedisPodStore
+from sagesched.state.pod_store import InProcessPodStore, RedisPodStore
 from sagesched.state.snapshot import PodSnapshot
 from tests.conftest import eventually
 
@@ -119,3 +120,54 @@ async def test_active_active_routers_count_each_others_requests_on_shared_pods(r
         for router, store in zip(routers, stores):
             await router.pods.stop()
             await store.close()
+
+
+class SwallowingStore(InProcessPodStore):
+    """What redis-py 8.1 does now and then (seen about once in 150 router start/stop cycles against a
+    real Redis): a cancellation that lands inside a command is consumed, and the command returns."""
+
+    entered: asyncio.Event
+    swallowed = False
+
+    async def _swallow(self) -> None:
+        self.entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            if self.swallowed:  # once: so that a loop that misses it still ends the test when cancelled again
+                raise
+            self.swallowed = True
+
+    async def list(self, *, policy: str | None = None, model: str | None = None) -> list[PodSnapshot]:
+        await self._swallow()
+        return await super().list(policy=policy, model=model)
+
+    async def publish_inflight(self, router: str, counts: dict[str, int], ttl: float) -> None:
+        await self._swallow()
+        await super().publish_inflight(router, counts, ttl)
+
+
+async def test_the_pod_store_loop_and_the_sync_loop_stop_when_the_store_swallows_their_cancellation():
+    from sagesched.router.pipeline import Router
+
+    store = SwallowingStore()
+    store.entered = asyncio.Event()
+    pods = PodSet(RouterSettings(scrape_interval_s=0.05), RouterMetrics(), Ledger(), store)
+    await pods.start()
+    await asyncio.wait_for(store.entered.wait(), 5)
+    stop = asyncio.create_task(pods.stop())
+    done, _ = await asyncio.wait({stop}, timeout=5)  # hung forever: the loop slept again after the swallowed cancel
+    if not done:
+        pods._tasks[0].cancel()  # the loop is back in the store call: this cancel gets through
+    await stop
+    assert done
+
+    store.entered, store.swallowed = asyncio.Event(), False
+    router = Router(RouterSettings(scrape_interval_s=0.05), pod_store=store)
+    sync = asyncio.create_task(router.sync.run())
+    await asyncio.wait_for(store.entered.wait(), 5)
+    sync.cancel()
+    done, _ = await asyncio.wait({sync}, timeout=5)
+    if not done:
+        sync.cancel()
+    assert done and sync.cancelled()

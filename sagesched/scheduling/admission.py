@@ -19,7 +19,7 @@ that quantile. Engine preemption recomputes whole prompts; not causing it is che
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 from sagesched.scheduling.ledger import PodLoad
@@ -43,10 +43,19 @@ class Gate(Plugin):
     a pod take what it would refuse otherwise (`fits_cached`)."""
 
     def admit(self, pods: Sequence[PodView], new: PodLoad, affine: Affine | None = None) -> list[PodView]:
-        kept = [p for p in pods if self.fits(p, p.ledger.load, new)]
-        if type(self).fits_cached is Gate.fits_cached:  # the cache changes nothing here: no lookup
+        kept = self.keep(pods, new)
+        if not self.considers_cache:  # the cache changes nothing here: no lookup
             return kept
         return reconsider(pods, kept, affine, lambda pod, share: self.fits_cached(pod, new, share))
+
+    def keep(self, pods: Sequence[PodView], new: PodLoad) -> list[PodView]:
+        """The pods `fits` lets take the request (a gate may do the same pass faster)."""
+        return [p for p in pods if self.fits(p, p.ledger.load, new)]
+
+    @property
+    def considers_cache(self) -> bool:
+        """Whether `fits_cached` can take a pod `fits` refused (else the cache is not looked up)."""
+        return type(self).fits_cached is not Gate.fits_cached
 
     def fits(self, pod: PodView, load: PodLoad, new: PodLoad) -> bool:
         raise NotImplementedError
@@ -92,12 +101,13 @@ class CountGate(Gate):
         self.engine_buffer = engine_buffer
         self.affinity_buffer = affinity_buffer
 
-    def admit(self, pods: Sequence[PodView], new: PodLoad, affine: Affine | None = None) -> list[PodView]:
+    def keep(self, pods: Sequence[PodView], new: PodLoad) -> list[PodView]:
         buffer = self.engine_buffer  # the loads are not looked up: this runs for every pod
-        kept = [p for p in pods if self._room(p, buffer)]
-        if not self.affinity_buffer:
-            return kept
-        return reconsider(pods, kept, affine, lambda pod, share: self.fits_cached(pod, new, share))
+        return [p for p in pods if self._room(p, buffer)]
+
+    @property
+    def considers_cache(self) -> bool:
+        return self.affinity_buffer > 0
 
     @staticmethod
     def _room(pod: PodView, buffer: int) -> bool:
@@ -138,7 +148,7 @@ class PrefillGate(Gate):
 
     def fits_cached(self, pod: PodView, new: PodLoad, share: float) -> bool:
         """The cached part of the prompt needs no prefill there."""
-        return self.fits(pod, pod.ledger.load, replace(new, pending_prompt=new.pending_prompt * (1.0 - share)))
+        return self.fits(pod, pod.ledger.load, new.uncached(share))
 
 
 @GATES.register

@@ -10,7 +10,7 @@ requests keep their place in the accounting whichever scheduler sent them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ class PodLoad:
     growth_mean: float = 0.0
     growth_var: float = 0.0
     pending_prompt: float = 0.0
+
+    def uncached(self, share: float) -> PodLoad:
+        """This load on a pod that caches `share` of the prompt: only the rest waits for prefill."""
+        return replace(self, pending_prompt=self.pending_prompt * (1.0 - share)) if share > 0.0 else self
 
     def add(self, other: PodLoad, sign: float = 1.0) -> None:
         self.growth_mean += sign * other.growth_mean

@@ -14,7 +14,6 @@ simulator's virtual clock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from time import perf_counter
 
 from sagesched.engine.profile import StepTimeProfile, load_profile
@@ -183,8 +182,7 @@ class Scheduler:
     def _uncached(self, req: SchedRequest, new: PodLoad, pod: PodView) -> PodLoad:
         """The request's load on `pod`: the part of its prompt the pod caches needs no prefill there
         and takes no new KV (the prefill gate and free KV read this until its first token)."""
-        share = self.pick.cached_shares(req, (pod,)).get(pod.name, 0.0) if req.prefix_blocks else 0.0
-        return replace(new, pending_prompt=new.pending_prompt * (1.0 - share)) if share > 0.0 else new
+        return new.uncached(self.pick.cached_shares(req, (pod,)).get(pod.name, 0.0)) if req.prefix_blocks else new
 
     def _admit(self, pods: list[PodView], new: PodLoad, req: SchedRequest) -> list[PodView]:
         """The pods every admission gate lets take one more request, each gate timed over its pass.

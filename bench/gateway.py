@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # the CLI imports this module to list the command: protobufs 
     from sagesched.router.gateway.protocol import GatewayRequest
     from sagesched.router.gateway.servicer import EndpointPicker
 
+
 def register_bench(bench: argparse._SubParsersAction) -> None:
     p = bench.add_parser("gateway", help="gateway mode end to end: Envoy + ext_proc picker, separate processes",
                          description="Instant pods, the router's ext_proc picker, Envoy and an open-loop load "

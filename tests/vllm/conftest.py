@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import openai
 import pytest
 
 from sagesched.http_serve import free_port
@@ -44,6 +45,9 @@ BOOT_TIMEOUT_S = 300.0  # a deadline against a server that never comes up, not a
 eventually = functools.partial(shared_eventually, timeout=180.0)
 HANG_DEADLINES = dict(connect_timeout_s=120.0, first_byte_timeout_s=300.0, idle_timeout_s=300.0,
                       queue_timeout_s=600.0, snapshot_max_age_s=120.0)
+# The same for the tests' openai client, whose own connect deadline (5 s) such a stall outlasts: a
+# connection made just before it was failed as "Request timed out" in CI.
+CLIENT_TIMEOUT = openai.Timeout(600.0, connect=120.0)
 
 
 def vllm_venv() -> Path:

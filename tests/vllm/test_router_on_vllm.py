@@ -16,13 +16,15 @@ from sagesched.engines import vllm
 from sagesched.router.settings import Backend
 from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS
 
-from tests.vllm.conftest import BLOCK_SIZE, KV_BLOCKS, MAX_MODEL_LEN, MODEL, VllmServer, engine_metrics, eventually
+from tests.vllm.conftest import (BLOCK_SIZE, CLIENT_TIMEOUT, KV_BLOCKS, MAX_MODEL_LEN, MODEL, VllmServer, engine_metrics,
+                                 eventually)
 
 CHAT = [{"role": "user", "content": "hello there, please write a story"}]
 
 
 def client_for(router) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0,
+                              timeout=CLIENT_TIMEOUT)
 
 
 async def router_metric(router, name: str) -> float:

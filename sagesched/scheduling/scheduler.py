@@ -25,7 +25,8 @@ from sagesched.scheduling.outstanding import ladder_span, remaining
 from sagesched.scheduling.picker import Eligible, Pick, PickContext, eligible_for
 from sagesched.scheduling.plugins import PluginClock
 from sagesched.scheduling.policies import Policy, make_policy
-from sagesched.scheduling.preemption import NO_PREEMPTION, UNBOUNDED, Candidates, Preemption, worth_preempting
+from sagesched.scheduling.preemption import (NO_PREEMPTION, UNBOUNDED, Candidates, HomeRate, Preemption,
+                                             worth_preempting)
 from sagesched.scheduling.priority import engine_priority
 from sagesched.scheduling.queue import AgingQueue
 from sagesched.scheduling.types import PodView, SchedRequest
@@ -71,6 +72,7 @@ class Scheduler:
         self.ledger = Ledger()
         self._preempted: list[tuple[SchedRequest, str]] = []
         self._candidates = Candidates()
+        self._home = HomeRate()
         self._tick = 0
         self.preemptions = 0
 
@@ -182,13 +184,24 @@ class Scheduler:
     def _uncached(self, req: SchedRequest, new: PodLoad, pod: PodView) -> PodLoad:
         """The request's load on `pod`: the part of its prompt the pod caches needs no prefill there
         and takes no new KV (the prefill gate and free KV read this until its first token)."""
-        return new.uncached(self.pick.cached_shares(req, (pod,)).get(pod.name, 0.0)) if req.prefix_blocks else new
+        return new.uncached(self._cached_shares(req, (pod,)).get(pod.name, 0.0)) if _may_be_cached(req) else new
+
+    def _cached_shares(self, req: SchedRequest, pods: Sequence[PodView]) -> dict[str, float]:
+        """Per pod name, the share of the request's prompt it caches: as the pick's prefix scorer
+        finds it, and for a preempted request at its home pod, as forecast when it was stopped."""
+        shares = self.pick.cached_shares(req, pods) if req.prefix_blocks else {}
+        home = req.resume_pod
+        if req.resume_cached > 0.0 and any(p.name == home for p in pods):
+            shares[home] = max(shares.get(home, 0.0), req.resume_cached)
+        return shares
 
     def _admit(self, pods: list[PodView], new: PodLoad, req: SchedRequest) -> list[PodView]:
         """The pods every admission gate lets take one more request, each gate timed over its pass.
-        Gates may ask which pods cache the request's prompt (the pick's prefix scorer knows)."""
+        Gates may ask which pods cache the request's prompt (the prefix scorer, or a preempted
+        request's home: without that, a resume went wherever a place opened first, 7 times in 8 on 8
+        pods, and computed its whole prompt again where the preemption had counted on the cache)."""
         clock = self.plugin_times
-        affine = (lambda refused: self.pick.cached_shares(req, refused)) if req.prefix_blocks else None
+        affine = (lambda refused: self._cached_shares(req, refused)) if _may_be_cached(req) else None
         for gate in self.admission.gates:
             if not pods:
                 break
@@ -207,6 +220,9 @@ class Scheduler:
         contribution: PodLoad,
     ) -> None:
         req.pod, req.dispatched_at = pod.name, now
+        if req.resume_cached > 0.0:
+            self._home.observe(pod.name == req.resume_pod)
+            req.resume_cached = 0.0
         req.engine_priority = (
             engine_priority(queue.order_key(req), self.engine) if self.policy.central_queue else 0
         )
@@ -255,8 +271,10 @@ class Scheduler:
         self._check_view(pod)
         stalled = settings.recompute_weight * max(pod.num_running, len(pod.inflight))
         head_needs = self._contribution(head)  # the head's KV on this pod: also its load once placed
-        lost = self._uncached_on_resume(victim, head_needs, pod)
-        recompute = self._cost.compute(lost).c0 * max(stalled, 1.0) if lost > 0 else 0.0
+        tokens, lost = victim.prompt_tokens + victim.generated, self._uncached_on_resume(victim, head_needs, pod)
+        home, prefill = self._home.rate, lambda n: self._cost.compute(n).c0  # elsewhere it computes all again
+        recompute = (home * prefill(lost) + (1.0 - home) * prefill(tokens)) * max(stalled, 1.0)
+        victim.resume_cached = 1.0 - lost / max(tokens, 1)
         if not worth_preempting(head, queue.aged_rank(head, now), victim, queue.aged_rank(victim, now), recompute,
                                 settings):
             return None, None
@@ -410,3 +428,9 @@ class Scheduler:
 
     def inflight(self, pod_name: str | None = None) -> list[SchedRequest]:
         return self.ledger.requests(pod_name)
+
+
+def _may_be_cached(req: SchedRequest) -> bool:
+    """Whether some pod may hold the request's prompt: it has prefix blocks to look up, or it was
+    preempted and its home was expected to keep what it had computed."""
+    return bool(req.prefix_blocks) or req.resume_cached > 0.0

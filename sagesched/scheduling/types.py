@@ -45,6 +45,9 @@ class SchedRequest:
     preemptions: int = 0
     decided_bucket: int = -1  # bucket of the last preemption decision about it (hysteresis)
     resume_pod: str | None = None  # where its prefix is cached after a preemption
+    # the share of its resumed prompt (prompt + generated) that pod was expected to keep cached when
+    # it was stopped: admission lets that pod take it as it would a cached prompt (scheduler.py)
+    resume_cached: float = 0.0
     tenant: str = ""  # who sent it (a header or a hashed API key): tenant fairness shares the queue by it
     # chained hashes of its prompt's leading blocks (scheduling/affinity.py); empty: unknown
     prefix_blocks: tuple[int, ...] = ()

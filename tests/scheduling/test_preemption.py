@@ -12,7 +12,7 @@ from sagesched.scheduling.cost import CostPolynomial
 from sagesched.scheduling.gittins import gittins_rank
 from sagesched.scheduling.policies.fastserve import FastServe
 from sagesched.scheduling.policies.trail import Trail
-from sagesched.scheduling.preemption import Preemption
+from sagesched.scheduling.preemption import HomeRate, Preemption
 
 TOKENS = CostPolynomial(0.0, 1.0, 0.0)  # cost = output tokens: ranks read in tokens
 PROFILE = load_profile()
@@ -168,3 +168,47 @@ def test_candidates_stay_bounded_when_no_victim_is_ever_asked_for() -> None:
             cands.offer(req, float(bucket))
     assert len(cands) <= 2 * len(running) + SWEEP_SLACK + 1
     assert cands.worst(lambda r: True, lambda r: True, Preemption()) in running
+
+
+# 90% likely done in 10 tokens, else 300: worth stopping after 12 for a sure 50, but by less than
+# computing its 4,000-token prompt again costs
+SHORT_OR_300 = D.mixture([D.from_samples(np.array([10])), D.from_samples(np.array([300]))], [0.9, 0.1])
+
+
+def _stop_and_resume(sched: Scheduler, i: int) -> tuple[bool, str | None]:
+    """One round on p0 (a sure 50 arrives while a 4,000-token prompt has streamed 12 tokens, p0's
+    engine queue full) and, if the long one was stopped, where it resumes while p1 is free."""
+    rid = f"long{i}"
+    sched.submit(SchedRequest(rid, "m", 4000, float(i), SHORT_OR_300), float(i))
+    assert [r.request_id for r, _ in sched.dispatch([sched.view("p0", ("m",), PROFILE)], float(i))] == [rid]
+    sched.on_progress(rid, 12)
+    sched.submit(SchedRequest(f"short{i}", "m", 100, float(i), D.point(50)), float(i))
+    sched.dispatch([_full_pod(sched)], float(i))
+    stopped = [r.request_id for r, _ in sched.take_preemptions()] == [rid]
+    resumed = sched.dispatch([_full_pod(sched), sched.view("p1", ("m",), PROFILE)], float(i)) if stopped else []
+    for req in [*sched.inflight(), *(r for r, _ in resumed)]:
+        sched.on_finish(req.request_id, float(i))
+    sched.cancel(f"short{i}")
+    return stopped, resumed[0][1].name if resumed else None
+
+
+@pytest.mark.parametrize("affinity_buffer, rounds", [
+    (1, [(True, "p0")] * 3),  # home may queue one more for a request it caches: every resume goes home
+    (0, [(True, "p1"), (True, "p1"), (False, None)]),  # home full: each resume computes its prompt on p1
+])
+def test_a_stop_counts_on_the_prefix_cache_only_as_often_as_resumes_went_home(affinity_buffer, rounds) -> None:
+    """A resume finds what it computed only on its home pod. When resumes keep landing elsewhere, a
+    stop whose gain only a cached resume covers is no longer made."""
+    sched = Scheduler("sagesched", Admission(engine_buffer=1, prefill_tokens=0, affinity_buffer=affinity_buffer),
+                      aging_rate=0.0, preemption=Preemption(bucket_tokens=5, min_gain=0.0))
+    assert [_stop_and_resume(sched, i) for i in range(3)] == rounds
+
+
+def test_the_home_rate_follows_recent_resumes() -> None:
+    rate = HomeRate()
+    assert rate.rate == 1.0  # nothing seen: as if every resume went home
+    for _ in range(1000):
+        rate.observe(True)
+    for _ in range(300):
+        rate.observe(False)
+    assert rate.rate < 0.5  # counted since the start it would still be 0.77

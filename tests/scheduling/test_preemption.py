@@ -193,15 +193,17 @@ def _stop_and_resume(sched: Scheduler, i: int) -> tuple[bool, str | None]:
 
 
 @pytest.mark.parametrize("affinity_buffer, rounds", [
-    (1, [(True, "p0")] * 3),  # home may queue one more for a request it caches: every resume goes home
-    (0, [(True, "p1"), (True, "p1"), (False, None)]),  # home full: each resume computes its prompt on p1
+    (1, [(True, "p0")] * 24),  # home may queue one more for a request it caches: every resume goes home
+    # home full: each resume computes its prompt again on p1, and once that is the rule the stop stops
+    (0, [(True, "p1")] * 14 + [(False, None)] * 10),
 ])
 def test_a_stop_counts_on_the_prefix_cache_only_as_often_as_resumes_went_home(affinity_buffer, rounds) -> None:
     """A resume finds what it computed only on its home pod. When resumes keep landing elsewhere, a
-    stop whose gain only a cached resume covers is no longer made."""
+    stop whose gain only a cached resume covers is no longer made (after HOME_PRIOR resumes' worth
+    of evidence: a few early ones elsewhere are not the rule)."""
     sched = Scheduler("sagesched", Admission(engine_buffer=1, prefill_tokens=0, affinity_buffer=affinity_buffer),
                       aging_rate=0.0, preemption=Preemption(bucket_tokens=5, min_gain=0.0))
-    assert [_stop_and_resume(sched, i) for i in range(3)] == rounds
+    assert [_stop_and_resume(sched, i) for i in range(24)] == rounds
 
 
 def test_the_home_rate_follows_recent_resumes() -> None:

@@ -68,6 +68,11 @@ def test_preempted_requests_resume_where_they_stopped_and_hit_their_prefix_cache
     assert r.prefix_cache_hit_tokens > 0  # resumes found their blocks on the same pod
 
 
+def _mean_ttlt(w: Workload, label: str, profile, history: Trace, trace: Trace, config: SimConfig) -> float:
+    r = simulate(w, PolicySpec.parse(label), profile, history, trace, config)
+    return float(np.mean(r.finish - r.arrival))
+
+
 def test_stops_that_count_on_a_cache_the_resume_will_not_find_are_not_made() -> None:
     """Over 8 pods a resume goes wherever a place opens first, mostly not to the pod that caches it,
     and computes its prompt again. On the Azure code trace (prompts of about 2,000 tokens, answers of
@@ -78,7 +83,7 @@ def test_stops_that_count_on_a_cache_the_resume_will_not_find_are_not_made() -> 
     history, replay = trace.split(0.3)
     w = build_workload(replay.slice(0, 2000), profile, 8, 0.95, "trace", 0)
     config = SimConfig(pods=8, engine_buffer=1)
-    mean = {p: float(np.mean((r := simulate(w, PolicySpec.parse(p), profile, history, trace, config)).finish - r.arrival))
+    mean = {p: _mean_ttlt(w, p, profile, history, trace, config)
             for p in ("fastserve", "fastserve:nopreempt", "oracle", "oracle:nopreempt")}
     assert mean["fastserve"] <= 1.1 * mean["fastserve:nopreempt"], mean
     assert mean["oracle"] <= 1.05 * mean["oracle:nopreempt"], mean
@@ -89,7 +94,7 @@ def test_the_oracle_is_at_least_as_good_as_every_policy(mix: str) -> None:
     """Preemptive SRPT on true remaining cost bounds every policy on small contended traces."""
     prof, trace, history, w = _contended(mix, n=800, load=1.3)
     config = SimConfig(pods=1, engine_buffer=1)
-    mean = {p: float(np.mean((r := simulate(w, PolicySpec.parse(p), prof, history, trace, config)).finish - r.arrival))
+    mean = {p: _mean_ttlt(w, p, prof, history, trace, config)
             for p in ("oracle", "round-robin", "llmd", "fcfs", "ssjf:pred", "ltr:pred", "trail:pred", "fastserve",
                       "sjf-mean:pred", "sagesched:pred", "sagesched:true")}
     assert mean["oracle"] == min(mean.values()), mean

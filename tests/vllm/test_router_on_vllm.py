@@ -16,8 +16,8 @@ from sagesched.engines import vllm
 from sagesched.router.settings import Backend
 from sagesched.scheduling.preemption import DEFAULT_BUCKET_TOKENS
 
-from tests.vllm.conftest import (BLOCK_SIZE, CLIENT_TIMEOUT, KV_BLOCKS, MAX_MODEL_LEN, MODEL, VllmServer, engine_metrics,
-                                 eventually)
+from tests.vllm.conftest import (BLOCK_SIZE, CLIENT_TIMEOUT, KV_BLOCKS, MAX_MODEL_LEN, MODEL, VllmServer,
+                                 engine_metrics, eventually)
 
 CHAT = [{"role": "user", "content": "hello there, please write a story"}]
 

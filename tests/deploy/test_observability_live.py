@@ -92,6 +92,12 @@ async def drive_traffic(router_urls: list[str], per_router: int) -> int:
     return len(router_urls) * per_router
 
 
+def served(answered: int) -> int:
+    """Of `answered` requests sent by `drive_traffic` (per router a multiple of 10), those a pod served:
+    every tenth names an unknown model and the router answers it 404."""
+    return answered - answered // 10
+
+
 @pytest.fixture(scope="module")
 def prometheus_with_traffic(tmp_path_factory) -> Iterator[tuple[str, float]]:
     """A Prometheus (1 s scrapes) holding metrics from 2 routers, the predictor and 2 pods after
@@ -153,7 +159,8 @@ def prometheus_with_traffic(tmp_path_factory) -> Iterator[tuple[str, float]]:
             raise RuntimeError(f"{exc!r}\n{logs}") from exc
         # Wait for a scrape that saw every answer (an event, not a sleep), then one more.
         until(lambda: _sum(base, "sagesched_requests_total") >= answered
-              and _sum(base, "sagesched_predictor_reports_total") >= 60,
+              and _sum(base, "sagesched_predictor_reports_total") >= 60
+              and _sum(base, "vllm:time_to_first_token_seconds_count") >= served(answered),
               timeout=30, what="prometheus scraped all answered requests")
         now = time.time()
         until(lambda: time.time() > now + 2.5, timeout=5, what="one more scrape")
@@ -203,8 +210,11 @@ async def wait_ready_then_drive(prom: str, router_urls: list[str]) -> int:
     # appears at its final value has no increase for rate() to see.
     answered = await drive_traffic(router_urls, per_router=20)
     await drive_predictor(PREDICTOR_TARGET[0], 20)
+    # the pods are scraped apart from the routers: on a loaded machine their first scrape could
+    # otherwise come after wave 2, and their histograms would show no increase (NaN rates)
     await asyncio.to_thread(until, lambda: _sum(prom, "sagesched_requests_total") >= answered
-                            and _sum(prom, "sagesched_predictor_reports_total") >= 20,
+                            and _sum(prom, "sagesched_predictor_reports_total") >= 20
+                            and _sum(prom, "vllm:time_to_first_token_seconds_count") >= served(answered),
                             30, "prometheus scraped wave 1")
     answered += await drive_traffic(router_urls, per_router=40)
     await drive_predictor(PREDICTOR_TARGET[0], 40)

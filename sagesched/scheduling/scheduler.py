@@ -274,13 +274,13 @@ class Scheduler:
         tokens, lost = victim.prompt_tokens + victim.generated, self._uncached_on_resume(victim, head_needs, pod)
         home, prefill = self._home.rate, lambda n: self._cost.compute(n).c0  # elsewhere it computes all again
         recompute = (home * prefill(lost) + (1.0 - home) * prefill(tokens)) * max(stalled, 1.0)
-        victim.resume_cached = 1.0 - lost / max(tokens, 1)
         if not worth_preempting(head, queue.aged_rank(head, now), victim, queue.aged_rank(victim, now), recompute,
                                 settings):
             return None, None
         self._forget(victim.request_id)
         victim.preemptions += 1
         victim.resume_pod, victim.pod, victim.dispatched_at = pod.name, None, None
+        victim.resume_cached = 1.0 - lost / max(tokens, 1)
         self._preempted.append((victim, pod.name))
         self.preemptions += 1
         return (pod, self._poly(head), head_needs), victim

@@ -72,11 +72,14 @@ def test_a_waiting_request_displaces_a_running_one_whose_refreshed_index_is_wors
 
 def test_no_preemption_while_the_running_request_is_still_in_its_likely_short_mode() -> None:
     sched = _scheduler()
-    _running(sched, "bimodal", BIMODAL, [])
+    runner = _running(sched, "bimodal", BIMODAL, [])
     sched.on_progress("bimodal", 3)  # 90% likely to finish within 7 more tokens: better than a sure 50
     sched.submit(SchedRequest("short", "m", 100, 1.0, D.point(50)), 1.0)
     assert sched.dispatch([_full_pod(sched)], 1.0) == []
     assert sched.take_preemptions() == []
+    # decided against (bucket 0): nothing marks it as a resume, so a later dispatch of it (failover)
+    # is not counted as a resume that missed its home
+    assert runner.decided_bucket == 0 and runner.resume_cached == 0.0
 
 
 def test_one_decision_per_bucket_and_the_cap_hold() -> None:
